@@ -1,0 +1,76 @@
+"""The driver's side of one butterfly all-reduce step over Ray actors.
+
+For members m_0..m_{n-1} (in membership order) the whole step is submitted at once and Ray
+resolves the dependencies:
+
+    parts[i]   = m_i.compute(step)              -> n part refs + stats, owned by the driver
+    agg[j]     = m_j.aggregate([parts[i][j]])    -> part j's aggregate (own slot: None)
+    applied[i] = m_i.apply([agg[j]])             -> optimizer step (own slot: None)
+
+Part j of every gradient therefore travels once, to aggregator j, and aggregate j travels
+once to every other peer: (n-1)/n·d floats out and (n-1)/n·d in per peer, the butterfly
+minimum of 2·(n-1)/n·d·4 bytes per peer and step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import ray
+from ray.actor import ActorHandle
+
+PHASES = ("compute_s", "scatter_wait_s", "scatter_fetch_s", "aggregate_s", "gather_wait_s", "gather_fetch_s", "update_s")
+
+
+@dataclass
+class StepOutcome:
+    """What one step produced: per-peer losses, phase timings, bytes and weight hashes."""
+
+    step: int
+    members: list[int]
+    losses: dict[int, float]
+    wall_s: float
+    lr: float
+    phase_s: dict[str, float] = field(default_factory=dict)  # mean over peers
+    bytes_per_peer: float = 0.0  # mean payload bytes a peer fetched (scatter + gather)
+    weight_hashes: dict[int, str] | None = None
+
+    @property
+    def mean_loss(self) -> float:
+        return sum(self.losses.values()) / len(self.losses)
+
+
+def run_step(peers: Mapping[int, ActorHandle], members: list[int], step: int, check_weights: bool) -> StepOutcome:
+    """Run one synchronous butterfly step over ``members`` and wait for every update."""
+    t0 = time.perf_counter()
+    n = len(members)
+    computed = {pid: peers[pid].compute.options(num_returns=n + 1).remote(step, members) for pid in members}
+    aggregated = {}
+    for j, pid in enumerate(members):
+        refs = [None if src == pid else computed[src][j] for src in members]
+        aggregated[pid] = peers[pid].aggregate.options(num_returns=2).remote(step, refs)
+    applied = {
+        pid: peers[pid].apply.remote(step, [None if a == pid else aggregated[a][0] for a in members], check_weights)
+        for pid in members
+    }
+    apply_stats = dict(zip(members, ray.get([applied[p] for p in members])))
+    compute_stats = dict(zip(members, ray.get([computed[p][n] for p in members])))
+    agg_stats = dict(zip(members, ray.get([aggregated[p][1] for p in members])))
+    wall = time.perf_counter() - t0
+
+    merged = {p: {**compute_stats[p], **agg_stats[p], **apply_stats[p]} for p in members}
+    phase_s = {ph: sum(m[ph] for m in merged.values()) / n for ph in PHASES}
+    bytes_per_peer = sum(m["scatter_bytes"] + m["gather_bytes"] for m in merged.values()) / n
+    hashes = {p: m["weight_hash"] for p, m in merged.items()} if check_weights else None
+    return StepOutcome(
+        step=step,
+        members=list(members),
+        losses={p: m["loss"] for p, m in merged.items()},
+        wall_s=wall,
+        lr=merged[members[0]]["lr"],
+        phase_s=phase_s,
+        bytes_per_peer=bytes_per_peer,
+        weight_hashes=hashes,
+    )

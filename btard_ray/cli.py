@@ -1,0 +1,142 @@
+"""The ``btard`` command line (typer).
+
+Errors a user can fix (a bad config, a missing directory) print one line and exit 2;
+a run that fails for another reason prints one line and exits 1. No tracebacks unless
+``BTARD_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+from btard_ray.config import ConfigError, JobConfig, dump_config, load_config
+
+app = typer.Typer(
+    name="btard",
+    help=(
+        "Byzantine-tolerant elastic training on Ray (BTARD-SGD).\n\n"
+        "Start with:  btard run configs/quickstart.yaml"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+from btard_ray.ledger_cli import ledger_app  # noqa: E402
+
+app.add_typer(ledger_app, name="ledger", help="Audit a ban ledger: list, show a peer, export, verify.")
+err = Console(stderr=True)
+out = Console()
+
+CONFIG_ARG = typer.Argument(
+    None,
+    help="YAML config (see configs/). Omitted: the built-in quickstart (6 peers on the bundled digits).",
+    show_default=False,
+)
+SET_OPT = typer.Option(
+    [],
+    "--set",
+    "-s",
+    help="Override any config key: --set optimizer.lr=0.1 --set aggregator.name=mean (repeatable).",
+    metavar="KEY=VALUE",
+)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Optional[Path], overrides: list[str]) -> JobConfig:
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    if cfg.name is None:
+        cfg.name = "quickstart"
+    return cfg
+
+
+@app.command()
+def run(
+    config: Optional[Path] = CONFIG_ARG,
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run directory to write. Default: runs/<name>-<UTC time>.", show_default=False
+    ),
+    overrides: list[str] = SET_OPT,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Train a model with n Ray peers using butterfly CenteredClip all-reduce.
+
+    Starts a local Ray instance unless ray.address is set, writes config.yaml,
+    metrics.jsonl, summary.json and a final checkpoint to the run directory.
+
+    Example:  btard run configs/quickstart.yaml --set steps=50 --out runs/try
+    """
+    cfg = _load(config, overrides)
+    from btard_ray.run_dir import RunDir, default_run_dir
+    from btard_ray.data import DataError
+
+    target = out_dir or default_run_dir(cfg.name or "job")
+    out.print(f"[bold]btard run[/] job [cyan]{cfg.name}[/]: {cfg.peers} peers, {cfg.steps} steps, "
+              f"{cfg.model.name} on {cfg.data.name}, aggregator {cfg.aggregator.name} -> {target}")
+    try:
+        from btard_ray.trainer import train
+
+        summary = train(cfg, RunDir(target), show_progress=progress, console=out)
+    except (ConfigError, DataError) as exc:
+        _fail(str(exc), 2)
+    except Exception as exc:  # noqa: BLE001 - one line for the user; BTARD_DEBUG shows the rest
+        if os.environ.get("BTARD_DEBUG"):
+            raise
+        _fail(f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}", 1)
+    out.print(
+        f"done: test accuracy [bold]{100 * summary['final_test_accuracy']:.2f}%[/] after {summary['steps']} steps "
+        f"in {summary['wall_seconds']:.0f} s; weights agree ({summary['weight_hash'][:12]}). "
+        f"Plot it: btard plot {target}"
+    )
+
+
+@app.command()
+def plot(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `btard run`.", show_default=False),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write PNGs. Default: RUN_DIR/plots."),
+) -> None:
+    """Write PNG plots of loss and accuracy against steps for a run directory.
+
+    Example:  btard plot runs/quickstart-20260101-120000
+    """
+    from btard_ray.plotting import plot_run
+
+    if not run_dir.is_dir():
+        _fail(f"{run_dir}: no such run directory", 2)
+    try:
+        paths = plot_run(run_dir, out_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc), 2)
+    for p in paths:
+        out.print(f"wrote {p}")
+
+
+@app.command("config")
+def show_config(config: Optional[Path] = CONFIG_ARG, overrides: list[str] = SET_OPT) -> None:
+    """Validate a config (with overrides) and print it fully resolved.
+
+    Example:  btard config configs/quickstart.yaml --set peers=4
+    """
+    cfg = _load(config, overrides)
+    sys.stdout.write(dump_config(cfg))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

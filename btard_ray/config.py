@@ -1,0 +1,224 @@
+"""The job configuration: a typed, validated schema loaded from YAML.
+
+A config is a YAML mapping validated into :class:`JobConfig`. Every CLI command that takes a
+config also takes ``--set dotted.key=value`` overrides, applied to the raw mapping before
+validation so that an override is checked exactly like a key in the file. Any problem (a
+missing file, bad YAML, an unknown key, a wrong type) raises :class:`ConfigError` whose
+message is one line naming the key or the path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line that names the culprit."""
+
+
+class _Strict(BaseModel):
+    # extra="forbid" turns a typo in a key into an error instead of a silently ignored key.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the training data comes from and how a peer's public batch is drawn.
+
+    ``name``: ``digits`` (scikit-learn's bundled 8x8 handwritten digits), ``idx`` (an
+    MNIST-format directory such as MNIST or Fashion-MNIST, gzipped or not), ``cifar10`` (the
+    python-pickle CIFAR-10 directory) or ``text`` (masked-LM over a local text file).
+    """
+
+    name: Literal["digits", "idx", "cifar10", "text"] = "digits"
+    path: Path | None = None
+    batch_size: int = Field(32, gt=0)
+    test_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="digits only")
+    augment: bool = Field(False, description="cifar10: random crop and flip from the public seed")
+    seq_len: int = Field(64, gt=1, description="text only")
+    mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="text only")
+
+
+class ModelConfig(_Strict):
+    """Which network every peer trains (all peers hold identical replicas)."""
+
+    name: Literal["mnist_cnn", "resnet18", "albert_mlm"] = "mnist_cnn"
+    # ALBERT (albert_mlm) sizes; ignored by the other models.
+    embedding_size: int = Field(64, gt=0)
+    hidden_size: int = Field(128, gt=0)
+    num_hidden_layers: int = Field(2, gt=0)
+    num_attention_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+
+
+class OptimizerConfig(_Strict):
+    """The optimizer every peer applies to the aggregated gradient.
+
+    ``sgd`` uses (Nesterov) momentum and decoupled-from-nothing L2 weight decay as in
+    ``torch.optim.SGD``; ``adam`` and ``lamb`` are for the ALBERT model. ``schedule`` scales
+    the learning rate per step: ``cosine`` is lr·½(1+cos(π·t/T)) after a linear warm-up.
+    """
+
+    name: Literal["sgd", "adam", "lamb"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class AggregatorConfig(_Strict):
+    """How each part of the gradient is aggregated by its aggregator peer.
+
+    ``tau``, ``eps`` and ``max_iters`` are CenteredClip's (and ``eps``/``max_iters`` the
+    geometric median's); ``trim_ratio`` is the fraction cut from each side by the trimmed mean.
+    """
+
+    name: Literal["centered_clip", "mean", "coordinate_median", "trimmed_mean", "geometric_median"] = (
+        "centered_clip"
+    )
+    tau: float = Field(5.0, gt=0.0)
+    eps: float = Field(1e-6, gt=0.0)
+    max_iters: int = Field(100, gt=0)
+    trim_ratio: float = Field(0.2, ge=0.0, lt=0.5)
+
+    def params(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`btard_ray.aggregation.make_aggregator`."""
+        if self.name == "centered_clip":
+            return {"tau": self.tau, "eps": self.eps, "max_iters": self.max_iters}
+        if self.name == "geometric_median":
+            return {"eps": self.eps, "max_iters": self.max_iters}
+        if self.name == "trimmed_mean":
+            return {"trim_ratio": self.trim_ratio}
+        return {}
+
+
+class ResourcesConfig(_Strict):
+    """Ray resources of one peer actor. Fractional CPUs let many peers share a small machine."""
+
+    cpus_per_peer: float = Field(0.25, ge=0.0)
+    gpus_per_peer: float = Field(0.0, ge=0.0)
+    torch_threads: int = Field(1, gt=0, description="torch.set_num_threads in every peer")
+
+
+class RayConfig(_Strict):
+    """How the job reaches Ray. ``address: null`` starts a local instance for the job."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, gt=0, description="local instance only")
+    object_store_memory_mb: int = Field(512, gt=77, description="local instance only")
+
+
+class JobConfig(_Strict):
+    """One training job. See ``configs/quickstart.yaml`` for a commented example."""
+
+    name: str | None = None
+    seed: int = 0
+    peers: int = Field(6, gt=0, description="number of initial peers")
+    steps: int = Field(150, gt=0)
+    eval_every: int = Field(10, gt=0)
+    weight_check_every: int = Field(10, gt=0, description="steps between weight-hash checks")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    aggregator: AggregatorConfig = AggregatorConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _data_needs_path(self) -> "JobConfig":
+        if self.data.name in ("idx", "cifar10") and self.data.path is None:
+            raise ValueError(f"data.path is required for data.name={self.data.name!r}")
+        return self
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``dotted.key=value`` into its key path and a YAML-typed value (``1`` is an int)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with every ``dotted.key=value`` override applied in order."""
+    result: dict[str, Any] = _deep_copy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                dotted = ".".join(path[: i + 1])
+                raise ConfigError(f"--set {text!r}: {dotted} is not a mapping")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in err and not isinstance(err["input"], (dict, list)):
+        msg = f"{msg} (got {err['input']!r})"
+    more = len(exc.errors()) - 1
+    return f"{loc}: {msg}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def validate_config(raw: Mapping[str, Any]) -> JobConfig:
+    """Validate a raw mapping into a :class:`JobConfig`, or raise a one-line ConfigError."""
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> JobConfig:
+    """Load ``path`` (YAML; ``None`` means all defaults), apply overrides, validate.
+
+    When the config has no ``name``, the file's stem becomes the job name.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}:{where} not valid YAML") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, not {type(loaded).__name__}")
+        raw = loaded
+    raw = apply_overrides(raw, overrides)
+    cfg = validate_config(raw)
+    if cfg.name is None and path is not None:
+        cfg.name = Path(path).stem
+    return cfg
+
+
+def dump_config(cfg: JobConfig) -> str:
+    """The resolved config as YAML, loadable again with :func:`load_config`."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,130 @@
+"""The peer: a thin Ray actor around a :class:`~btard_ray.replica.Replica`.
+
+A peer plays three roles in every step of the butterfly all-reduce (design §4):
+
+1. ``compute``: it computes its gradient on its public batch and returns it split into n
+   parts. The parts are *returned* (``num_returns=n+1``), so the driver owns them and they
+   survive this actor's death; the peer keeps its own part locally, so it never moves.
+2. ``aggregate``: as aggregator of part j it fetches part j of every other peer from the
+   object store and runs the configured aggregator (CenteredClip by default).
+3. ``apply``: it fetches the other n-1 aggregates, joins them with its own and takes the
+   optimizer step.
+
+Timings and payload bytes of every phase are returned so the driver can report them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import ray
+import torch
+
+from btard_ray.aggregation import make_aggregator
+from btard_ray.config import JobConfig
+from btard_ray.partition import join, split
+from btard_ray.replica import Replica
+
+
+def _payload_bytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _fetch(refs: list[Optional[ray.ObjectRef]], own: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """Resolve ``refs`` (None marks this peer's own slot, filled with ``own``).
+
+    Waiting for the producers and moving the bytes are timed apart: on a shared machine
+    the wait is other peers' compute, not transfer.
+    """
+    remote = [r for r in refs if r is not None]
+    t0 = time.perf_counter()
+    if remote:
+        ray.wait(remote, num_returns=len(remote), fetch_local=True)
+    t1 = time.perf_counter()
+    fetched = iter(ray.get(remote))
+    t2 = time.perf_counter()
+    rows = [own if r is None else next(fetched) for r in refs]
+    foreign = [row for row, r in zip(rows, refs) if r is not None]
+    return rows, {"wait_s": t1 - t0, "fetch_s": t2 - t1, "bytes": float(_payload_bytes(foreign))}
+
+
+@ray.remote
+class Peer:
+    """One training participant. Create with ``Peer.options(num_cpus=..., num_gpus=...)``."""
+
+    def __init__(self, config: dict[str, Any], peer_id: int) -> None:
+        cfg = JobConfig.model_validate(config)
+        torch.set_num_threads(cfg.resources.torch_threads)
+        self.peer_id = peer_id
+        self.device = "cuda" if cfg.resources.gpus_per_peer > 0 and torch.cuda.is_available() else "cpu"
+        self.replica = Replica(cfg, self.device)
+        self.aggregate_fn = make_aggregator(cfg.aggregator.name, **cfg.aggregator.params())
+        self._own_part: tuple[int, torch.Tensor] | None = None
+        self._own_aggregate: tuple[int, torch.Tensor] | None = None
+
+    def info(self) -> dict[str, Any]:
+        """Who and where this peer is: id, parameter count, device, Ray node."""
+        return {
+            "peer_id": self.peer_id,
+            "num_params": self.replica.num_params,
+            "device": self.device,
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
+
+    def compute(self, step: int, members: list[int]) -> tuple:
+        """Gradient of this peer's public batch at ``step``, as n parts plus a stats dict."""
+        t0 = time.perf_counter()
+        flat, loss = self.replica.gradient_for(self.peer_id, step)
+        parts = [p.cpu() for p in split(flat, len(members))]
+        self._own_part = (step, parts[members.index(self.peer_id)])
+        stats = {"loss": loss, "compute_s": time.perf_counter() - t0}
+        return (*parts, stats)
+
+    def aggregate(self, step: int, refs: list[Optional[ray.ObjectRef]]) -> tuple[torch.Tensor, dict]:
+        """Aggregate this peer's part: ``refs`` holds every member's part (None for our own)."""
+        own = self._take_own(self._own_part, step, "part")
+        rows, fetch = _fetch(refs, own)
+        t0 = time.perf_counter()
+        stacked = torch.stack(rows).to(self.device)
+        result = self.aggregate_fn(stacked).cpu()
+        self._own_aggregate = (step, result)
+        stats = {
+            "scatter_wait_s": fetch["wait_s"],
+            "scatter_fetch_s": fetch["fetch_s"],
+            "scatter_bytes": fetch["bytes"],
+            "aggregate_s": time.perf_counter() - t0,
+        }
+        return result, stats
+
+    def apply(self, step: int, refs: list[Optional[ray.ObjectRef]], check_weights: bool) -> dict:
+        """Gather every part's aggregate (None for ours), take the optimizer step."""
+        own = self._take_own(self._own_aggregate, step, "aggregate")
+        rows, fetch = _fetch(refs, own)
+        t0 = time.perf_counter()
+        self.replica.apply_gradient(join(rows))
+        stats: dict[str, Any] = {
+            "gather_wait_s": fetch["wait_s"],
+            "gather_fetch_s": fetch["fetch_s"],
+            "gather_bytes": fetch["bytes"],
+            "update_s": time.perf_counter() - t0,
+            "lr": self.replica.current_lr(),
+        }
+        if check_weights:
+            stats["weight_hash"] = self.replica.weight_hash()
+        return stats
+
+    def evaluate(self) -> dict[str, float]:
+        ev = self.replica.evaluate()
+        return {"test_loss": ev.test_loss, "test_accuracy": ev.test_accuracy}
+
+    def weight_hash(self) -> str:
+        return self.replica.weight_hash()
+
+    def state(self) -> dict:
+        return self.replica.state()
+
+    def _take_own(self, slot: tuple[int, torch.Tensor] | None, step: int, what: str) -> torch.Tensor:
+        if slot is None or slot[0] != step:
+            raise RuntimeError(f"peer {self.peer_id}: no own {what} for step {step}")
+        return slot[1]

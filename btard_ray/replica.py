@@ -1,0 +1,111 @@
+"""One peer's model replica: public batches, gradients, updates and evaluation. No Ray here.
+
+The Ray actor (:mod:`btard_ray.peer`) is a thin wrapper around a :class:`Replica`; the
+single-process reference run in the tests and, later, validators that re-compute another
+peer's gradient use the same class, so "the gradient of peer i at step t" has exactly one
+definition: :meth:`Replica.gradient_for`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from btard_ray.config import JobConfig
+from btard_ray.data import load_dataset, public_batch, dropout_seed
+from btard_ray.models import build_model, compute_loss
+from btard_ray.optim import build_optimizer, build_scheduler
+from btard_ray.partition import flatten_grads, unflatten_like
+from btard_ray.weights import state_hash
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient this peer computed contains NaN or Inf (training diverged)."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Test-set metrics of one replica."""
+
+    test_loss: float
+    test_accuracy: float
+
+
+class Replica:
+    """Model, optimizer and data of one peer.
+
+    ``gradient_for(peer_id, step)`` is a pure function of the current weights and the public
+    seeds (job seed, peer id, step): the batch and the dropout masks are drawn from them.
+    """
+
+    def __init__(self, cfg: JobConfig, device: str = "cpu") -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.dataset = load_dataset(cfg.data)
+        self.model = build_model(cfg.model, self.dataset, cfg.seed).to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.num_params = sum(p.numel() for p in self.params)
+        self.optimizer = build_optimizer(self.params, cfg.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optimizer, cfg.steps)
+
+    def gradient_for(self, peer_id: int, step: int) -> tuple[torch.Tensor, float]:
+        """Flat float32 gradient of peer ``peer_id``'s public batch at ``step``, and its loss.
+
+        Raises NonFiniteGradientError if the gradient is not finite.
+        """
+        batch = public_batch(self.dataset, self.cfg.seed, peer_id, step, self.cfg.data.batch_size)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        torch.manual_seed(dropout_seed(self.cfg.seed, peer_id, step))
+        self.model.train()
+        for p in self.params:
+            p.grad = None
+        loss, _, _ = compute_loss(self.model, batch)
+        loss.backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = flatten_grads(grads).detach().float()
+        if not bool(torch.isfinite(flat).all()):
+            raise NonFiniteGradientError(
+                f"peer {peer_id} step {step}: gradient has NaN/Inf (loss {float(loss):.4g}); "
+                "lower optimizer.lr or check the data"
+            )
+        return flat, float(loss.detach())
+
+    def apply_gradient(self, flat: torch.Tensor) -> None:
+        """Take one optimizer step with the aggregated flat gradient, then advance the schedule."""
+        flat = flat.to(self.device, dtype=self.params[0].dtype)
+        for p, g in zip(self.params, unflatten_like(flat, self.params)):
+            p.grad = g.clone()
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def weight_hash(self) -> str:
+        return state_hash(self.model)
+
+    @torch.no_grad()
+    def evaluate(self, batch_size: int = 512) -> Evaluation:
+        """Mean test loss and accuracy over the whole test set."""
+        self.model.eval()
+        total_loss, correct, count = 0.0, 0, 0
+        for batch in self.dataset.test_batches(batch_size):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            loss, n_correct, n_count = compute_loss(self.model, batch)
+            total_loss += float(loss) * n_count
+            correct += n_correct
+            count += n_count
+        self.model.train()
+        mean_loss = total_loss / max(count, 1)
+        return Evaluation(test_loss=mean_loss if math.isfinite(mean_loss) else float("inf"),
+                          test_accuracy=correct / max(count, 1))
+
+    def state(self) -> dict:
+        """Weights and optimizer state, for checkpoints."""
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
