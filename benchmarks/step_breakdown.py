@@ -1,9 +1,13 @@
-"""Step time broken into phases, and object-store bytes per peer against the butterfly minimum.
+"""Step time broken into phases, bytes per peer against the butterfly minimum, and the
+cost of the BTARD defence against a plain all-reduce.
 
 For each setting it runs a short real job (real Ray actors, a local instance) and reports the
-mean over the steady steps of: compute, scatter (wait for producers / fetch bytes),
-aggregate, gather (wait / fetch), update, and the whole step as the driver sees it; and the
-payload bytes each peer fetched per step against 2·(n−1)/n·d·4.
+mean over the steady steps of the phases and of the whole step as the driver sees it; the
+payload bytes each peer fetched per step against 2·(n−1)/n·d·4; and, with the defence on,
+the bytes of signed protocol messages per step (commitments, reports, reveals, inner
+products, accusations). "plain" is ``aggregator: mean`` with every check off (the baseline),
+"btard" the full protocol (CenteredClip, signatures, commit-reveal, projection checks, m = 1
+validator).
 
     python benchmarks/step_breakdown.py                 # quickstart + ResNet-18, 6 peers
     python benchmarks/step_breakdown.py --only quickstart
@@ -28,7 +32,6 @@ import numpy as np
 import ray
 import torch
 
-from btard_ray.butterfly import PHASES
 from btard_ray.config import load_config
 from btard_ray.run_dir import RunDir
 from btard_ray.trainer import train
@@ -50,18 +53,23 @@ def synthetic_cifar(root: Path, n_train: int = 2000, n_test: int = 500) -> Path:
     return root
 
 
+PLAIN = ["protocol.checks=false", "aggregator.name=mean"]
+QUICK = ["peers=6", "steps=80", "eval_every=80"]
+RESNET = ["peers=6", "steps=8", "eval_every=8", "model.name=resnet18", "data.name=cifar10",
+          "data.batch_size=32", "ray.object_store_memory_mb=1500"]
 SETTINGS = {
-    "quickstart": ["peers=6", "steps=60", "eval_every=60"],
-    "resnet18": ["peers=6", "steps=8", "eval_every=8", "model.name=resnet18", "data.name=cifar10",
-                 "data.batch_size=32", "ray.object_store_memory_mb=1500"],
+    "quickstart/plain": QUICK + PLAIN,
+    "quickstart/btard": QUICK,
+    "resnet18/plain": RESNET + PLAIN,
+    "resnet18/btard": RESNET,
 }
 
 
 def run_setting(name: str, overrides: list[str], workdir: Path) -> dict:
     cfg = load_config(REPO / "configs" / "quickstart.yaml", overrides)
-    cfg.name = f"bench-{name}"
+    cfg.name = "bench-" + name.replace("/", "-")
     t0 = time.perf_counter()
-    summary = train(cfg, RunDir(workdir / name), show_progress=False)
+    summary = train(cfg, RunDir(workdir / name.replace("/", "-")), show_progress=False)
     return {
         "setting": name,
         "overrides": overrides,
@@ -72,33 +80,41 @@ def run_setting(name: str, overrides: list[str], workdir: Path) -> dict:
         "phases_s": summary["phase_seconds"],
         "bytes_per_peer_step": summary["bytes_per_peer_step"],
         "butterfly_min_bytes": summary["butterfly_min_bytes_per_peer_step"],
+        "protocol_bytes_per_step": summary.get("protocol_bytes_per_step", 0.0),
+        "accusations": summary.get("accusations", 0),
         "job_wall_s": time.perf_counter() - t0,
     }
 
 
 def to_markdown(rows: list[dict], command: str, note: str) -> str:
-    head = ["setting", "params", "step (s)", *[p.removesuffix("_s") for p in PHASES], "bytes/peer/step", "minimum", "ratio"]
+    by_name = {r["setting"]: r for r in rows}
     lines = [
-        "# Step time breakdown and exchange volume",
+        "# Step time breakdown, exchange volume and the cost of the defence",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads in the driver, "
-        f"{__import__('os').cpu_count()} cores, torch {torch.__version__}, ray {ray.__version__}, CPU only.  ",
-        "Phases are means over peers and steady steps (the first 10% of steps, at most 5, are warm-up and left out). "
-        "`*_wait` is time an actor waited for other peers' results (on a shared 2-core machine: their compute), "
-        "`*_fetch` the time to move the bytes; bytes are the payload a peer fetched from the object store.  ",
+        f"Machine: {platform.machine()}, {__import__('os').cpu_count()} cores shared by all 6 peers, "
+        f"torch {torch.__version__}, ray {ray.__version__}, CPU only, 1 torch thread per peer.  ",
+        "Times are means over peers and steady steps (the first 10% of steps, at most 5, are warm-up). "
+        "In plain mode `*_wait` is time an actor waited for other peers' results (on a shared 2-core "
+        "machine: their compute) and `*_fetch` the time to move the bytes; in btard mode the phases are "
+        "the driver's wall time per round of actor calls. Bytes are the payload a peer fetched from the "
+        "object store; protocol bytes are the signed messages the driver relayed per step (all peers).  ",
         note,
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
+        "| setting | params | step (s) | vs plain | bytes/peer/step | butterfly min | ratio | protocol bytes/step | accusations |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        phases = [f"{r['phases_s'][p]:.4f}" for p in PHASES]
+        plain = by_name.get(r["setting"].split("/")[0] + "/plain")
+        versus = f"{r['step_s'] / plain['step_s']:.2f}x" if plain else "-"
         lines.append(
-            f"| {r['setting']} | {r['num_params']:,} | {r['step_s']:.3f} | " + " | ".join(phases)
-            + f" | {r['bytes_per_peer_step']:,.0f} | {r['butterfly_min_bytes']:,.0f} | "
-            f"{r['bytes_per_peer_step'] / r['butterfly_min_bytes']:.4f} |"
+            f"| {r['setting']} | {r['num_params']:,} | {r['step_s']:.3f} | {versus} | {r['bytes_per_peer_step']:,.0f} | "
+            f"{r['butterfly_min_bytes']:,.0f} | {r['bytes_per_peer_step'] / r['butterfly_min_bytes']:.4f} | "
+            f"{r['protocol_bytes_per_step']:,.0f} | {r['accusations']} |"
         )
+    lines += ["", "Phases (seconds per step):", ""]
+    for r in rows:
+        lines.append(f"- {r['setting']}: " + ", ".join(f"{k.removesuffix('_s')} {v:.4f}" for k, v in r["phases_s"].items()))
     return "\n".join(lines) + "\n"
 
 
@@ -115,7 +131,7 @@ def main() -> None:
         rows = []
         for name in names:
             overrides = list(SETTINGS[name])
-            if name == "resnet18":
+            if name.startswith("resnet18"):
                 cifar = args.cifar or synthetic_cifar(work / "cifar")
                 overrides.append(f"data.path={cifar}")
                 if args.cifar is None:

@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.markup import escape as _escape  # ledger content and paths may hold square brackets
 from rich.table import Table
 
+from btard_ray import verdicts  # noqa: F401,E402  - registers the "tally" recomputer for verify --recompute
+
 from btard_ray.ledger import EVENT_KINDS, EVIDENCE_KEYS, Event, Ledger, LedgerError
 from btard_ray.ledger.store import DEFAULT_DB_NAME
 

@@ -12,6 +12,7 @@ back, which is how a model's gradients become the vector that is partitioned.
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -20,9 +21,9 @@ __all__ = ["part_sizes", "part_bounds", "split", "join", "flatten_grads", "unfla
 
 
 def _check(length: int, n: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"the number of parts n must be an integer >= 1, got {n!r}")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+    if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 0:
         raise ValueError(f"the vector length must be an integer >= 0, got {length!r}")
 
 
@@ -35,7 +36,7 @@ def part_sizes(length: int, n: int) -> list[int]:
     Raises ValueError when n < 1 or length < 0.
     """
     _check(length, n)
-    base, extra = divmod(length, n)
+    base, extra = divmod(int(length), int(n))
     return [base + 1 if j < extra else base for j in range(n)]
 
 

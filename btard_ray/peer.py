@@ -21,8 +21,10 @@ from typing import Any, Optional
 import ray
 import torch
 
+from attacks.registry import make_attack
 from btard_ray.aggregation import make_aggregator
 from btard_ray.config import JobConfig
+from btard_ray.identity import Identity
 from btard_ray.partition import join, split
 from btard_ray.replica import Replica
 
@@ -53,7 +55,7 @@ def _fetch(refs: list[Optional[ray.ObjectRef]], own: torch.Tensor) -> tuple[list
 class Peer:
     """One training participant. Create with ``Peer.options(num_cpus=..., num_gpus=...)``."""
 
-    def __init__(self, config: dict[str, Any], peer_id: int) -> None:
+    def __init__(self, config: dict[str, Any], peer_id: int, attacker: bool = False) -> None:
         cfg = JobConfig.model_validate(config)
         torch.set_num_threads(cfg.resources.torch_threads)
         self.peer_id = peer_id
@@ -62,6 +64,15 @@ class Peer:
         self.aggregate_fn = make_aggregator(cfg.aggregator.name, **cfg.aggregator.params())
         self._own_part: tuple[int, torch.Tensor] | None = None
         self._own_aggregate: tuple[int, torch.Tensor] | None = None
+        # The private key is made here and never leaves this process.
+        self.identity = Identity.generate()
+        attack = None
+        if attacker and cfg.attack.name:
+            attack = make_attack(cfg.attack.name, cfg.attack.params, seed=cfg.seed * 7 + 1)
+        from btard_ray.peer_protocol import PeerProtocol  # only with the defence on
+
+        self.protocol = PeerProtocol(cfg, peer_id, self.identity, self.replica, attack)
+        self._sent: tuple[int, list[torch.Tensor]] | None = None
 
     def info(self) -> dict[str, Any]:
         """Who and where this peer is: id, parameter count, device, Ray node."""
@@ -70,13 +81,86 @@ class Peer:
             "num_params": self.replica.num_params,
             "device": self.device,
             "node_id": ray.get_runtime_context().get_node_id(),
+            "public_key": self.identity.public_hex,
         }
+
+    # -- the BTARD step (design §4); see btard_ray.peer_protocol for what each phase does ----
+
+    def set_keys(self, keys: dict[int, str]) -> None:
+        """The public key of every member, as published by the control plane."""
+        self.protocol.keys = dict(keys)
+
+    def commit(self, step: int, members: list[int], seed: bytes) -> tuple:
+        """n parts (returned: owned by the driver), the signed commitment, stats."""
+        t0 = time.perf_counter()
+        sent, commitment, loss = self.protocol.commit(step, members, seed)
+        self._sent = (step, sent)
+        return (*sent, commitment, {"loss": loss, "compute_s": time.perf_counter() - t0})
+
+    def secure_aggregate(self, step: int, refs: list[Optional[ray.ObjectRef]], commitments: dict) -> tuple:
+        """Aggregate, signed report, accusations, stats (own slot of ``refs``: None)."""
+        if self._sent is None or self._sent[0] != step:
+            raise RuntimeError(f"peer {self.peer_id}: no parts for step {step}")
+        own = self._sent[1][refs.index(None)]
+        rows, fetch = _fetch(refs, own)
+        members = self.protocol._state(step).members
+        t0 = time.perf_counter()
+        x, report, accusations = self.protocol.aggregate(step, dict(zip(members, rows)), commitments)
+        stats = {"scatter_wait_s": fetch["wait_s"], "scatter_fetch_s": fetch["fetch_s"],
+                 "scatter_bytes": fetch["bytes"], "aggregate_s": time.perf_counter() - t0}
+        return x, report, accusations, stats
+
+    def reveal(self, step: int, refs: list[Optional[ray.ObjectRef]], reports: dict) -> tuple:
+        """Check the aggregates against their reports, reveal the nonce (None: withheld)."""
+        st = self.protocol._state(step)
+        own = st.aggregates[st.members.index(self.peer_id)]
+        rows, fetch = _fetch(refs, own)
+        reveal, accusations = self.protocol.reveal(step, dict(zip(st.members, rows)), reports)
+        return reveal, accusations, {"gather_wait_s": fetch["wait_s"], "gather_fetch_s": fetch["fetch_s"],
+                                     "gather_bytes": fetch["bytes"]}
+
+    def project(self, step: int, reveals: dict, commitments: dict) -> tuple:
+        return self.protocol.project(step, reveals, commitments)
+
+    def audit(self, step: int, inner: dict, reports: dict, commitments: dict,
+              part_refs: dict[int, list[ray.ObjectRef]]) -> list[dict]:
+        """Accusations from the aggregate checks and (as a validator) re-computed gradients."""
+        targets = self.protocol.validation_targets(step)
+        fetched = {t: ray.get(part_refs[t]) for t in targets}
+        return self.protocol.audit(step, inner, reports, commitments, fetched)
+
+    def judge(self, step: int, case: dict, ctx: dict) -> tuple:
+        """A signed vote on ``case``, and the re-computed aggregate when one is found wrong."""
+        from btard_ray.judging import judge_case, objects_needed
+
+        needed = objects_needed(case, ctx)
+        fetched = {k: ray.get(v) for k, v in needed.items()}
+        guilty, replacement = judge_case(self.protocol, step, case, ctx, fetched)
+        digest = None
+        if replacement is not None:
+            from btard_ray.peer_protocol import aggregate_digest
+
+            digest = aggregate_digest(self.protocol.job, step, -1, case["accused"], replacement)
+        vote = self.protocol.sign(step, "vote", {"case": case["id"], "guilty": {str(p): r for p, r in guilty.items()},
+                                                 "replacement": digest})
+        return vote, replacement
+
+    def secure_apply(self, step: int, replacements: dict[int, ray.ObjectRef], check_weights: bool) -> dict:
+        """Optimizer step with the aggregates, judges' replacements substituted."""
+        t0 = time.perf_counter()
+        fixed = {j: ray.get(ref) for j, ref in replacements.items()}
+        self.protocol.apply(step, fixed)
+        stats: dict[str, Any] = {"update_s": time.perf_counter() - t0, "lr": self.replica.current_lr()}
+        if check_weights:
+            stats["weight_hash"] = self.replica.weight_hash()
+        return stats
 
     def compute(self, step: int, members: list[int]) -> tuple:
         """Gradient of this peer's public batch at ``step``, as n parts plus a stats dict."""
         t0 = time.perf_counter()
         flat, loss = self.replica.gradient_for(self.peer_id, step)
-        parts = [p.cpu() for p in split(flat, len(members))]
+        # clone: a view would pickle its whole base tensor into the object store
+        parts = [p.cpu().clone() for p in split(flat, len(members))]
         self._own_part = (step, parts[members.index(self.peer_id)])
         stats = {"loss": loss, "compute_s": time.perf_counter() - t0}
         return (*parts, stats)

@@ -18,7 +18,7 @@ def test_quickstart_loads_and_names_the_job():
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config(REPO / "configs" / "quickstart.yaml", ["optimizer.lr=0.1", "peers=4", "aggregator.name=mean"])
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", ["optimizer.lr=0.1", "peers=4", "aggregator.name=mean", "protocol.checks=false"])
     assert cfg.optimizer.lr == 0.1 and isinstance(cfg.peers, int) and cfg.peers == 4
     assert cfg.aggregator.name == "mean"
 
@@ -43,6 +43,9 @@ def test_dump_round_trips(tmp_path):
         (["peers=many"], "peers:"),
         (["aggregator.tau=-1"], "aggregator.tau:"),
         (["aggregator.name=best"], "aggregator.name:"),
+        (["aggregator.name=mean"], "protocol.checks needs centered_clip"),
+        (["attack.name=nope"], "attack.name: unknown attack"),
+        (["attack.name=sign_flip", "attack.count=3"], "honest peers must be a strict majority"),
         (["data.name=idx"], "data.path is required"),
         (["noequals"], "expected dotted.key=value"),
         (["peers.count=3"], "peers is not a mapping"),
@@ -77,4 +80,4 @@ def test_apply_overrides_does_not_mutate_input():
 
 
 def test_defaults_are_valid():
-    assert JobConfig().aggregator.params() == {"tau": 5.0, "eps": 1e-6, "max_iters": 100}
+    assert JobConfig().aggregator.params() == {"tau": 5.0, "eps": 1e-6, "max_iters": 500}

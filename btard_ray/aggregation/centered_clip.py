@@ -19,16 +19,21 @@ finite rows alone and ‖r‖ is m/n of theirs: the fixed point is the same, the
 (slightly) stricter. The same holds for float64 inputs whose values are so large
 (beyond ~1e154) that a squared distance overflows float64. If no row is usable, ValueError.
 
-How it is computed, and why. The naive loop reads all n·d values at least twice per
-iteration. Here the data is read four times in all, whatever the number of iterations:
+How it is computed, and why. The naive loop reads all n·d values (and writes an (n, d)
+temporary) at every iteration. Here the data is read three times in all, whatever the number
+of iterations (twice more when some row is non-finite, to find and drop it):
 
 1. one pass computes x_0 (a sorting network, see ``baselines.order_statistics``) and the
-   float64 Gram matrix K = D Dᵀ of D = G − x_0 over column chunks;
+   float64 Gram matrix K = D Dᵀ of D = G − x_0 over column chunks (D is never stored);
 2. the iteration runs in coefficient space: every iterate is x = x_0 + Dᵀa with a ∈ R^m, so
    ‖g_i − x‖² = K_ii − 2(Ka)_i + aᵀKa, r = Dᵀb with b = (1/n)(c − (Σ_i c_i)·a), ‖r‖² = bᵀKb,
    and the update x ← x + r is a ← a + b: O(m²) per iteration, independent of d;
 3. one pass materialises x in the input dtype (the returned point) and its true distances;
 4. one pass computes the true residual at that point.
+
+Subtracting the median before forming K matters: K then holds the spread of the rows, not
+their common mean, so K_ii − 2(Ka)_i + aᵀKa loses little to cancellation. Extra memory is
+O(d) (x_0, x) plus one chunk.
 
 Numerical contract. ``clip_weights``, ``distances`` and ``residual_norm`` are evaluated at
 the returned ``aggregate`` exactly as a verifier would: rows and aggregate cast to float64,
@@ -48,6 +53,7 @@ import math
 import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .baselines import _check_stacked, finite_row_mask, median_of_rows
@@ -61,11 +67,15 @@ _SURROGATE_TARGET = 0.5
 # means float error has taken over: stop rather than spin.
 _SURROGATE_PATIENCE = 5
 _TRUE_PATIENCE = 2
-# Column chunks. The median network wants long rows (fewer op launches); the float64 work
-# (Gram, distances, residual) wants its (m, w) block to stay in the L2/L3 caches.
-_CPU_MEDIAN_COLS = 1 << 16
-_CPU_FLOAT64_BYTES = 1 << 21
+# Column chunks (CPU; measured on a 2-core AMD EPYC, see benchmarks/centered_clip_bench.py).
+# The median network wants long rows, to amortise each op's dispatch; the Gram product wants
+# its float64 (m, w) block in L2; the streaming passes a block in L2/L3. On an accelerator
+# the chunks only bound the temporary memory.
+_CPU_MEDIAN_COLS = 1 << 17
+_CPU_GRAM_BYTES = 1 << 21
+_CPU_PASS_BYTES = 1 << 22
 _ACCEL_COLS = 1 << 22
+_ACCEL_FLOAT64_BYTES = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -115,15 +125,18 @@ def centered_clip(
 
     rows, x0, gram = _start(stacked)
     coeffs, iterations = _iterate_coefficients(gram, n, tau, eps * _SURROGATE_TARGET, max_iters)
-    x = _materialise(stacked, rows, x0, coeffs)
+    x, distances = _materialise(stacked, rows, x0, coeffs)
     del x0, gram
-    point = _evaluate(stacked, rows, x, n, tau, iterations)
+    point = _evaluate(stacked, rows, x, distances, n, tau, iterations)
     best = point
     stalled = 0
     # Only when float error defeated the coefficient-space target: iterate on the data.
     while point.residual > eps and point.iterations < max_iters and stalled < _TRUE_PATIENCE:
-        x_next = _residual_pass(stacked, rows, point, n, want_next=True)[1]
-        point = _evaluate(stacked, rows, x_next, n, tau, point.iterations + 1)
+        # This repeats the residual pass just done, now also forming round(x + r): a pass
+        # wasted on a rare path, to keep the common path at one pass with no extra output.
+        x = _residual_pass(stacked, rows, point, n, want_next=True)[1]
+        distances = _distance_pass(stacked, rows, x)
+        point = _evaluate(stacked, rows, x, distances, n, tau, point.iterations + 1)
         if point.residual < best.residual:
             best, stalled = point, 0
         else:
@@ -134,10 +147,23 @@ def centered_clip(
 # --------------------------------------------------------------------------- passes over the data
 
 
-def _float64_cols(stacked: torch.Tensor, m: int) -> int:
+def _float64_cols(stacked: torch.Tensor, m: int, gram: bool = False) -> int:
+    """Columns per chunk so that an (m, w) float64 block takes about the budgeted bytes."""
     if stacked.device.type != "cpu":
-        return _ACCEL_COLS
-    return max(1024, _CPU_FLOAT64_BYTES // (8 * max(m, 1)))
+        return max(1 << 16, _ACCEL_FLOAT64_BYTES // (8 * max(m, 1)))
+    budget = _CPU_GRAM_BYTES if gram else _CPU_PASS_BYTES
+    return max(1024, budget // (8 * max(m, 1)))
+
+
+def _widen_minus_(out: torch.Tensor, block: torch.Tensor, vector64: torch.Tensor) -> torch.Tensor:
+    """out = float64(block) − vector64, row by row.
+
+    Widening first makes the difference of two float32 (or bfloat16, float16) values exact.
+    A copy then a same-dtype subtraction: both are vectorised kernels, whereas a single
+    mixed-dtype ``torch.sub`` takes torch's slower casting loop.
+    """
+    out.copy_(block)
+    return out.sub_(vector64)
 
 
 def _block(stacked: torch.Tensor, rows: torch.Tensor | None, c0: int, c1: int) -> torch.Tensor:
@@ -152,7 +178,7 @@ def _median_and_gram(stacked: torch.Tensor, rows: torch.Tensor | None) -> tuple[
     x0 = torch.empty(d, dtype=stacked.dtype, device=stacked.device)
     gram = torch.zeros(m, m, dtype=torch.float64, device=stacked.device)
     chunk = _CPU_MEDIAN_COLS if stacked.device.type == "cpu" else _ACCEL_COLS
-    sub = _float64_cols(stacked, m)
+    sub = _float64_cols(stacked, m, gram=True)
     buf = torch.empty(m, min(sub, max(d, 1)), dtype=torch.float64, device=stacked.device)
     for c0 in range(0, d, chunk):
         block = _block(stacked, rows, c0, c0 + chunk)
@@ -160,8 +186,7 @@ def _median_and_gram(stacked: torch.Tensor, rows: torch.Tensor | None) -> tuple[
         for s0 in range(0, block.shape[1], sub):
             w = min(sub, block.shape[1] - s0)
             diff = buf[:, :w]
-            diff.copy_(block[:, s0 : s0 + w])  # float32 → float64 is exact, and so is the difference
-            diff.sub_(med[s0 : s0 + w])
+            _widen_minus_(diff, block[:, s0 : s0 + w], med[s0 : s0 + w].to(torch.float64))
             gram.addmm_(diff, diff.T)
     return x0, gram
 
@@ -199,18 +224,20 @@ def _iterate_coefficients(
 
     With K = D Dᵀ: ‖d_i − Dᵀa‖² = K_ii − 2(Ka)_i + aᵀKa, and
     x + r(x) = x_0 + Dᵀa + (1/n) Σ_i c_i (d_i − Dᵀa) = x_0 + Dᵀ(a + b),  b = (1/n)(c − (Σc)·a),
-    with ‖r‖² = bᵀKb. Returns the final a and the number of updates.
+    with ‖r‖² = bᵀKb. Returns the final a and the number of updates. Runs in numpy: at
+    m ≤ a few dozen, a torch op's dispatch costs more than its arithmetic.
     """
-    diag = gram.diagonal()
-    coeffs = torch.zeros(gram.shape[0], dtype=torch.float64)
+    k = gram.numpy()
+    diag = np.diagonal(k).copy()
+    coeffs = np.zeros(k.shape[0])
     best, stalled, iterations = math.inf, 0, 0
     while True:
-        k_a = gram @ coeffs
-        sq = (diag - 2.0 * k_a + coeffs @ k_a).clamp_min_(0.0)
-        dist = sq.sqrt_()
-        clip = torch.where(dist > tau, tau / dist, 1.0)
+        k_a = k @ coeffs
+        sq = np.maximum(diag - 2.0 * k_a + coeffs @ k_a, 0.0)
+        with np.errstate(divide="ignore"):  # a zero distance gives τ/0 = inf, clipped to 1
+            clip = np.minimum(1.0, tau / np.sqrt(sq))
         step = (clip - clip.sum() * coeffs) / n
-        residual = math.sqrt(max(float(step @ (gram @ step)), 0.0))
+        residual = math.sqrt(max(float(step @ (k @ step)), 0.0))
         if residual <= target or iterations >= max_iters:
             break
         if residual < best:
@@ -221,27 +248,32 @@ def _iterate_coefficients(
                 break
         coeffs += step
         iterations += 1
-    return coeffs, iterations
+    return torch.from_numpy(coeffs), iterations
 
 
 def _materialise(
     stacked: torch.Tensor, rows: torch.Tensor | None, x0: torch.Tensor, coeffs: torch.Tensor
-) -> torch.Tensor:
-    """One pass: x = x_0 + Dᵀa formed in float64, rounded once to the input dtype."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass: x = x_0 + Dᵀa formed in float64 and rounded once to the input dtype, and
+    the true distances ‖g_i − x‖ (float64) at that rounded point."""
     d = stacked.shape[1]
     m = coeffs.numel()
     coeffs = coeffs.to(stacked.device)
     x = torch.empty_like(x0)
+    sq = torch.zeros(m, dtype=torch.float64, device=stacked.device)
     sub = _float64_cols(stacked, m)
     buf = torch.empty(m, min(sub, max(d, 1)), dtype=torch.float64, device=stacked.device)
     for c0 in range(0, d, sub):
         block = _block(stacked, rows, c0, c0 + sub)
         diff = buf[:, : block.shape[1]]
-        diff.copy_(block)
-        diff.sub_(x0[c0 : c0 + sub])
-        point = torch.mv(diff.T, coeffs).add_(x0[c0 : c0 + sub])
-        x[c0 : c0 + sub].copy_(point)
-    return x
+        base = x0[c0 : c0 + sub].to(torch.float64)
+        _widen_minus_(diff, block, base)
+        x[c0 : c0 + sub].copy_(torch.mv(diff.T, coeffs).add_(base))
+        # Distances from the rounded x, computed as a verifier does (the block is still in
+        # cache, so this costs no extra read of the data).
+        _widen_minus_(diff, block, x[c0 : c0 + sub].to(torch.float64))
+        sq += torch.linalg.vector_norm(diff, dim=1).square_()  # faster here than vecdot
+    return x, sq.sqrt_()
 
 
 @dataclass(frozen=True)
@@ -274,10 +306,15 @@ class _Point:
 
 
 def _evaluate(
-    stacked: torch.Tensor, rows: torch.Tensor | None, x: torch.Tensor, n: int, tau: float, iterations: int
+    stacked: torch.Tensor,
+    rows: torch.Tensor | None,
+    x: torch.Tensor,
+    distances: torch.Tensor,
+    n: int,
+    tau: float,
+    iterations: int,
 ) -> _Point:
-    """Two passes: the true distances and clip weights at x, then the true residual."""
-    distances = _distance_pass(stacked, rows, x)
+    """The clip weights at x from its true distances, then (one pass) the true residual."""
     clip = torch.where(distances > tau, tau / distances, 1.0)
     point = _Point(x, distances, clip, math.nan, iterations)
     residual = _residual_pass(stacked, rows, point, n, want_next=False)[0]
@@ -294,9 +331,8 @@ def _distance_pass(stacked: torch.Tensor, rows: torch.Tensor | None, x: torch.Te
     for c0 in range(0, d, sub):
         block = _block(stacked, rows, c0, c0 + sub)
         diff = buf[:, : block.shape[1]]
-        diff.copy_(block)
-        diff.sub_(x[c0 : c0 + sub])
-        sq += torch.linalg.vecdot(diff, diff)
+        _widen_minus_(diff, block, x[c0 : c0 + sub].to(torch.float64))
+        sq += torch.linalg.vector_norm(diff, dim=1).square_()
     return sq.sqrt_()
 
 
@@ -322,10 +358,10 @@ def _residual_pass(
     for c0 in range(0, d, sub):
         block = _block(stacked, rows, c0, c0 + sub)
         diff = buf[:, : block.shape[1]]
-        diff.copy_(block)
-        diff.sub_(x[c0 : c0 + sub])
+        point = x[c0 : c0 + sub].to(torch.float64)
+        _widen_minus_(diff, block, point)
         r = torch.mv(diff.T, weights)
         total += r.dot(r)
         if x_next is not None:
-            x_next[c0 : c0 + sub].copy_(r.add_(x[c0 : c0 + sub]))
+            x_next[c0 : c0 + sub].copy_(r.add_(point))
     return math.sqrt(float(total)), x_next

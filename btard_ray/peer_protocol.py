@@ -1,0 +1,351 @@
+"""What one peer does in each phase of a BTARD-SGD step (design §4), without Ray.
+
+The Ray actor (:mod:`btard_ray.peer`) fetches objects and calls these methods; everything a
+peer decides lives here, so it can be read in one place and tested without a cluster.
+
+Phases of step t for a peer with index k among the members m_0..m_{n-1}:
+
+1. ``commit``    gradient g (an attacker may lie), parts g[0..n-1], signed commitment to
+                 every part's digest and to the digest of a fresh nonce.
+2. ``aggregate`` as aggregator of part k: check every received part against its sender's
+                 commitment (a mismatch is excluded and accused), CenteredClip, signed
+                 report of the aggregate's digest and the n distances.
+3. ``reveal``    check every aggregate against its report, reveal the nonce (signed).
+4. ``project``   check the reveals, r_{t+1} = H(r_t ‖ reveals), and for every part j the
+                 signed share s_kj = c_kj·⟨z_j, g[j] − x_j⟩ and distance ‖g[j] − x_j‖.
+5. ``audit``     check every aggregate's projection sum and distances; as a validator,
+                 re-compute the target's gradient (weights are still w_t) and compare.
+6. ``judge``     on request of the tribunal, re-compute a disputed quantity and vote.
+7. ``apply``     take the optimizer step with the aggregates (judges' replacements for
+                 aggregates found wrong).
+
+Accusations are signed messages ``{"accused": hex key, "accused_peer": id, "case": ...}``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from attacks.base import Attack
+from btard_ray.aggregation import centered_clip
+from btard_ray.config import JobConfig
+from btard_ray.identity import Identity
+from btard_ray.messages import Message, MessageError, sign_message
+from btard_ray.partition import join, split
+from btard_ray.protocol.commitments import new_nonce, nonce_digest, part_digest
+from btard_ray.protocol.projection import check_aggregate, peer_share, projection_vector
+from btard_ray.protocol.randomness import check_reveal, next_seed
+from btard_ray.protocol.validation import choose_validators, compare_gradients
+from btard_ray.replica import Replica
+
+#: float32 unit roundoff: a float32 aggregate x cannot be placed closer than about
+#: u32·‖x‖ to the exact CenteredClip fixed point, so no honest aggregator can push the
+#: residual below that floor (measured: ≈ 1·u32·‖x‖); we allow 8x that.
+FLOAT32_FLOOR = 8 * 2.0**-24
+
+
+def effective_eps(eps: float, aggregate: torch.Tensor) -> float:
+    """The residual bound an honest float32 aggregate meets: max(eps, 8·u32·‖x‖).
+
+    Every peer computes it from the published x_j itself, so an aggregator cannot widen it
+    beyond what the size of its own aggregate implies.
+    """
+    return max(eps, FLOAT32_FLOOR * float(aggregate.double().norm()))
+
+
+def aggregate_digest(job: str, step: int, aggregator: int, index: int, x: torch.Tensor) -> str:
+    """Digest of a published aggregate (a part digest under the aggregator's name, tagged)."""
+    return part_digest(job, step, f"aggregate:{aggregator}", index, x)
+
+
+def _finite_or_none(value: float) -> float | None:
+    # Signed payloads are canonical JSON, which has no Infinity: a non-finite distance is None.
+    return value if math.isfinite(value) else None
+
+
+def _as_float(value: Any) -> float:
+    return math.inf if value is None else float(value)
+
+
+@dataclass
+class StepState:
+    """What a peer remembers about the step in progress."""
+
+    step: int
+    members: list[int]
+    seed: bytes
+    parts: list[torch.Tensor]
+    nonce: bytes
+    loss: float
+    attacking: bool
+    aggregates: dict[int, torch.Tensor] = field(default_factory=dict)  # part index -> x_j
+    next_seed: bytes | None = None
+
+
+class PeerProtocol:
+    """The protocol logic of peer ``peer_id``; ``keys`` maps every member to its hex key."""
+
+    def __init__(self, cfg: JobConfig, peer_id: int, identity: Identity, replica: Replica,
+                 attack: Attack | None = None) -> None:
+        assert cfg.name is not None
+        self.cfg = cfg
+        self.job = cfg.name
+        self.me = peer_id
+        self.identity = identity
+        self.replica = replica
+        self.attack = attack
+        self.tau = cfg.aggregator.tau
+        self.keys: dict[int, str] = {}
+        self.state: StepState | None = None
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def sign(self, step: int, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        return sign_message(self.identity, self.job, step, kind, payload).to_dict()
+
+    def valid(self, raw: Any, peer: int, step: int, kind: str) -> Message | None:
+        """:func:`valid_message` for ``peer``'s key in this job."""
+        return valid_message(raw, self.job, self.keys.get(peer), step, kind)
+
+    def accuse(self, step: int, accused: int, case: str, **detail: Any) -> dict[str, Any]:
+        payload = {"accused": self.keys.get(accused, ""), "accused_peer": accused, "case": case, **detail}
+        return self.sign(step, "accusation", payload)
+
+    def _state(self, step: int) -> StepState:
+        if self.state is None or self.state.step != step:
+            raise RuntimeError(f"peer {self.me}: no state for step {step}")
+        return self.state
+
+    def _attacking(self, step: int) -> bool:
+        return self.attack is not None and self.cfg.attack.active_at(step)
+
+    # -- 1. compute and commit ---------------------------------------------------------------
+
+    def commit(self, step: int, members: list[int], seed: bytes) -> tuple[list[torch.Tensor], dict, float]:
+        """Gradient parts to send, the signed commitment, and the batch loss."""
+        flat, loss = self.replica.gradient_for(self.me, step)
+        attacking = self._attacking(step)
+        if attacking:
+            flat = self.attack.gradient(step, flat)  # type: ignore[union-attr]
+        # clone: a view would pickle its whole base tensor into the object store
+        parts = [p.cpu().clone() for p in split(flat, len(members))]
+        nonce = new_nonce()
+        commitment = self.sign(step, "commitment", {
+            "parts": [part_digest(self.job, step, str(self.me), j, p) for j, p in enumerate(parts)],
+            "nonce": nonce_digest(nonce),
+        })
+        self.state = StepState(step, list(members), seed, parts, nonce, loss, attacking)
+        sent = self.attack.sent_parts(step, parts) if attacking else parts  # type: ignore[union-attr]
+        return sent, commitment, loss
+
+    def own_part(self, step: int) -> torch.Tensor:
+        st = self._state(step)
+        return st.parts[st.members.index(self.me)]
+
+    # -- 2. aggregate ------------------------------------------------------------------------
+
+    def aggregate(self, step: int, rows: Mapping[int, torch.Tensor], commitments: Mapping[int, Any]
+                  ) -> tuple[torch.Tensor, dict, list[dict]]:
+        """CenteredClip of this peer's part over every member's row; (x, report, accusations)."""
+        st = self._state(step)
+        j = st.members.index(self.me)
+        accusations, excluded, stacked = [], [], []
+        for pid in st.members:
+            row = rows[pid]
+            commit = self.valid(commitments.get(pid), pid, step, "commitment")
+            expected = commit.payload["parts"][j] if commit is not None else None
+            if expected != part_digest(self.job, step, str(pid), j, row):
+                excluded.append(pid)
+                accusations.append(self.accuse(step, pid, "bad_commitment", part=j))
+                row = torch.full_like(row, math.nan)  # CenteredClip gives a non-finite row no weight
+            stacked.append(row)
+        result = centered_clip(torch.stack(stacked).to(self.replica.device), self.tau,
+                               self.cfg.aggregator.eps, self.cfg.aggregator.max_iters)
+        x = result.aggregate.cpu()
+        distances = result.distances.tolist()
+        if st.attacking:
+            x = self.attack.aggregate(step, j, x)  # type: ignore[union-attr]
+            distances = [float((r.double() - x.double()).norm()) if pid not in excluded else math.inf
+                         for pid, r in zip(st.members, stacked)]
+        st.aggregates[j] = x
+        report = self.sign(step, "aggregate_report", {
+            "part": j,
+            "digest": aggregate_digest(self.job, step, self.me, j, x),
+            "distances": [_finite_or_none(d) for d in distances],
+            "excluded": excluded,
+        })
+        return x, report, accusations
+
+    # -- 3. reveal ---------------------------------------------------------------------------
+
+    def reveal(self, step: int, aggregates: Mapping[int, torch.Tensor], reports: Mapping[int, Any]
+               ) -> tuple[dict | None, list[dict]]:
+        """Check every aggregate against its signed report, then reveal the nonce."""
+        st = self._state(step)
+        accusations = []
+        for j, pid in enumerate(st.members):
+            x = aggregates[pid]
+            report = self.valid(reports.get(pid), pid, step, "aggregate_report")
+            if report is None or report.payload.get("digest") != aggregate_digest(self.job, step, pid, j, x):
+                accusations.append(self.accuse(step, pid, "aggregate_check", part=j, why="report"))
+            st.aggregates[j] = x
+        nonce = self.attack.reveal(step, st.nonce) if st.attacking else st.nonce  # type: ignore[union-attr]
+        if nonce is None:
+            return None, accusations
+        return self.sign(step, "reveal", {"nonce": nonce.hex()}), accusations
+
+    # -- 4. project --------------------------------------------------------------------------
+
+    def project(self, step: int, reveals: Mapping[int, Any], commitments: Mapping[int, Any]
+                ) -> tuple[dict, list[dict]]:
+        """r_{t+1} from the reveals, then the signed shares and distances for every part."""
+        st = self._state(step)
+        accusations, nonces = [], []
+        for pid in st.members:
+            nonce = reveal_nonce(reveals.get(pid), commitments.get(pid), self.job, self.keys.get(pid), step)
+            if nonce is None:
+                accusations.append(self.accuse(step, pid, "withheld_reveal"))
+            nonces.append(nonce)
+        st.next_seed = next_seed(st.seed, nonces)
+        shares, distances = [], []
+        for j, part in enumerate(st.parts):
+            z = projection_vector(st.next_seed, j, part.numel())
+            s, d = peer_share(part, st.aggregates[j], z, self.tau)
+            shares.append(s)
+            distances.append(_finite_or_none(d))
+        return self.sign(step, "inner_products", {"shares": shares, "distances": distances}), accusations
+
+    # -- 5. audit ----------------------------------------------------------------------------
+
+    def validation_targets(self, step: int) -> list[int]:
+        """The peers this peer must validate at ``step`` (drawn from r_{t+1})."""
+        st = self._state(step)
+        assert st.next_seed is not None
+        pairs = choose_validators(st.next_seed, [str(m) for m in st.members], self.cfg.protocol.validators)
+        return [int(target) for validator, target in pairs if validator == str(self.me)]
+
+    def audit(self, step: int, inner: Mapping[int, Any], reports: Mapping[int, Any],
+              commitments: Mapping[int, Any], target_parts: Mapping[int, Sequence[torch.Tensor]]) -> list[dict]:
+        """Accusations from the projection check of every aggregate and from validation."""
+        st = self._state(step)
+        assert st.next_seed is not None
+        accusations = []
+        messages = {pid: self.valid(inner.get(pid), pid, step, "inner_products") for pid in st.members}
+        for pid, msg in messages.items():
+            if msg is None:
+                accusations.append(self.accuse(step, pid, "bad_message", what="inner_products"))
+        for j, aggregator in enumerate(st.members):
+            report = self.valid(reports.get(aggregator), aggregator, step, "aggregate_report")
+            if report is None:
+                continue  # already accused in reveal
+            check = aggregate_check_for(self, j, st, report, messages)
+            if check is not None and not check.ok:
+                accusations.append(self.accuse(step, aggregator, "aggregate_check", part=j, why=check.reason))
+        for target in self.validation_targets(step):
+            problem = gradient_problem(self, step, target, target_parts[target], commitments.get(target))
+            if problem is not None:
+                accusations.append(self.accuse(step, target, problem[0], why=problem[1]))
+        if st.attacking:
+            for claim in self.attack.false_claims(step, self.me, st.members):  # type: ignore[union-attr]
+                accusations.append(self.accuse(step, claim.accused, claim.case, why="made up"))
+        return accusations
+
+    # -- 7. apply ----------------------------------------------------------------------------
+
+    def apply(self, step: int, replacements: Mapping[int, torch.Tensor]) -> None:
+        """Optimizer step with ĝ = join(x_0..x_{n-1}), replacing aggregates judged wrong."""
+        st = self._state(step)
+        aggregates = dict(st.aggregates)
+        aggregates.update(replacements)
+        self.replica.apply_gradient(join([aggregates[j] for j in range(len(st.members))]))
+
+
+# -- checks shared by auditing peers and judges ------------------------------------------------
+
+
+def valid_message(raw: Any, job: str, key: str | None, step: int, kind: str) -> Message | None:
+    """The message if ``raw`` is a well-formed message of ``kind`` for ``job`` and ``step``,
+    signed by ``key``; None otherwise (the caller decides whether that is an accusation)."""
+    if raw is None or key is None:
+        return None
+    try:
+        msg = Message.from_dict(raw)
+    except MessageError:
+        return None
+    ok = msg.job == job and msg.step == step and msg.kind == kind and msg.sender == key and msg.signature_valid()
+    return msg if ok else None
+
+
+def reveal_nonce(raw_reveal: Any, raw_commitment: Any, job: str, key: str | None, step: int) -> bytes | None:
+    """The nonce of a reveal if it is signed by ``key`` and opens the same peer's commitment."""
+    reveal = valid_message(raw_reveal, job, key, step, "reveal")
+    commit = valid_message(raw_commitment, job, key, step, "commitment")
+    if reveal is None or commit is None:
+        return None
+    try:
+        nonce = bytes.fromhex(str(reveal.payload.get("nonce", "")))
+    except ValueError:
+        return None
+    return nonce if check_reveal(nonce, str(commit.payload.get("nonce", ""))) else None
+
+
+def aggregate_check_for(proto: PeerProtocol, j: int, st: StepState, report: Message,
+                        messages: Mapping[int, Message | None]):
+    """The projection check of part j from every member's signed share and distance.
+
+    A row the aggregator excluded (its part did not match its commitment) got weight 0 in
+    CenteredClip, so it enters the check as share 0 at distance inf on both sides. The
+    residual bound is :func:`effective_eps`. Returns None (no check) when a member's inner
+    products are missing.
+    """
+    excluded = set(report.payload.get("excluded", []))
+    reported = list(report.payload.get("distances", []))
+    if len(reported) != len(st.members):
+        return _Failed("the report does not hold one distance per member")
+    if any(messages.get(pid) is None for pid in st.members if pid not in excluded):
+        # Without every share the sum says nothing; the silent peer is accused of that
+        # (bad_message) instead of framing every aggregator.
+        return None
+    shares, peer_d, agg_d = [], [], []
+    for i, pid in enumerate(st.members):
+        msg = messages.get(pid)
+        if pid in excluded or msg is None:
+            shares.append(0.0)
+            peer_d.append(math.inf)
+            agg_d.append(math.inf)
+            continue
+        shares.append(float(msg.payload["shares"][j]))
+        peer_d.append(_as_float(msg.payload["distances"][j]))
+        agg_d.append(_as_float(reported[i]))
+    size = st.parts[j].numel()
+    z_norm = float(projection_vector(st.next_seed, j, size).double().norm())
+    eps = effective_eps(proto.cfg.aggregator.eps, st.aggregates[j])
+    return check_aggregate(shares, peer_d, agg_d, len(st.members), eps, z_norm,
+                           proto.cfg.protocol.distance_rtol, part_size=size, tau=proto.tau)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A check that failed before any arithmetic (a malformed report)."""
+
+    reason: str
+    ok: bool = False
+
+
+def gradient_problem(proto: PeerProtocol, step: int, target: int, sent: Sequence[torch.Tensor],
+                     raw_commitment: Any) -> tuple[str, str] | None:
+    """Re-compute ``target``'s gradient at the current weights (w_t) and compare with what it
+    sent; returns (case, why) for a mismatch, None when the target was honest."""
+    st = proto._state(step)
+    commit = proto.valid(raw_commitment, target, step, "commitment")
+    digests = [part_digest(proto.job, step, str(target), j, p) for j, p in enumerate(sent)]
+    if commit is None or commit.payload.get("parts") != digests:
+        return "bad_commitment", "sent parts do not match the commitment"
+    recomputed, _ = proto.replica.gradient_for(target, step)
+    comparison = compare_gradients(split(recomputed.cpu(), len(st.members)), list(sent),
+                                   rtol=proto.cfg.protocol.validation_rtol)
+    return None if comparison.ok else ("wrong_gradient", comparison.reason)
