@@ -55,7 +55,7 @@ def synthetic_cifar(root: Path, n_train: int = 2000, n_test: int = 500) -> Path:
 
 PLAIN = ["protocol.checks=false", "aggregator.name=mean"]
 QUICK = ["peers=6", "steps=80", "eval_every=80"]
-RESNET = ["peers=6", "steps=8", "eval_every=8", "model.name=resnet18", "data.name=cifar10",
+RESNET = ["peers=6", "steps=6", "eval_every=6", "model.name=resnet18", "data.name=cifar10",
           "data.batch_size=32", "ray.object_store_memory_mb=1500"]
 SETTINGS = {
     "quickstart/plain": QUICK + PLAIN,
