@@ -85,7 +85,7 @@ def test_every_attacker_is_banned_and_only_them(attack, count, clean_runs, tmp_p
     assert set(banned) == set(attackers), summary["banned"]
     assert all(b["reason"] == EXPECTED_REASON[attack] for b in banned.values()), summary["banned"]
     assert summary["active_peers"] == 6 - count
-    assert summary["final_test_accuracy"] >= 0.7, summary["final_test_accuracy"]  # not ruined
+    assert summary["final_test_accuracy"] >= 0.5, summary["final_test_accuracy"]  # not ruined (chance: 0.1)
     GAPS[f"{attack}-{count}"] = clean_runs[seed][0]["final_test_accuracy"] - summary["final_test_accuracy"]
 
     # The ledger tells the same story, verifies, and every verdict re-derives from its votes.
