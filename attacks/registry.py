@@ -7,12 +7,21 @@ from typing import Mapping
 
 import numpy as np
 
+from attacks import aggregate_attacks, data_attacks, gradient_attacks, omniscient_attacks, protocol_attacks
 from attacks.base import Attack
-from attacks.behaviours import BadCommitment, FalseAccusation, SignFlip, WithholdReveal, WrongAggregate
 
+#: every registered attack by name; one module per family
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (SignFlip, WrongAggregate, FalseAccusation, BadCommitment, WithholdReveal)
+    cls.name: cls
+    for module in (gradient_attacks, data_attacks, omniscient_attacks, aggregate_attacks, protocol_attacks)
+    for cls in vars(module).values()
+    if isinstance(cls, type) and issubclass(cls, Attack) and cls.__module__ == module.__name__
 }
+
+#: the attacks that forge the gradient (what a validator's re-computation must catch)
+GRADIENT_ATTACKS = tuple(sorted(
+    name for name, cls in ATTACKS.items()
+    if cls.__module__ in (gradient_attacks.__name__, data_attacks.__name__, omniscient_attacks.__name__)))
 
 
 class UnknownAttack(ValueError):
@@ -36,6 +45,7 @@ def attack_class(name: str) -> type[Attack]:
 
 
 def make_attack(name: str, params: Mapping[str, float], seed: int) -> Attack:
+    """An instance of attack ``name`` with ``params``; colluding attackers get the same ``seed``."""
     return attack_class(name)(params, seed)
 
 

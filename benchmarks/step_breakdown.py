@@ -10,7 +10,7 @@ products, accusations). "plain" is ``aggregator: mean`` with every check off (th
 validator).
 
     python benchmarks/step_breakdown.py                 # quickstart + ResNet-18, 6 peers
-    python benchmarks/step_breakdown.py --only quickstart
+    python benchmarks/step_breakdown.py --only quickstart/plain --only quickstart/btard --repeat 3
 
 ResNet-18 needs a CIFAR-10 directory; none can be downloaded here, so unless --cifar points
 to one, a CIFAR-format directory of random pixels is written to a temp dir. That is fine for
@@ -112,36 +112,59 @@ def to_markdown(rows: list[dict], command: str, note: str) -> str:
             f"{r['butterfly_min_bytes']:,.0f} | {r['bytes_per_peer_step'] / r['butterfly_min_bytes']:.4f} | "
             f"{r['protocol_bytes_per_step']:,.0f} | {r['accusations']} |"
         )
+    runs = [r for r in rows if len(r.get("step_s_runs", [])) > 1]
+    if runs:
+        lines += ["", "Step time of every run (the table shows the median run): "
+                  + "; ".join(f"{r['setting']} " + ", ".join(f"{v:.3f}" for v in r["step_s_runs"]) for r in runs)]
     lines += ["", "Phases (seconds per step):", ""]
     for r in rows:
         lines.append(f"- {r['setting']}: " + ", ".join(f"{k.removesuffix('_s')} {v:.4f}" for k, v in r["phases_s"].items()))
     return "\n".join(lines) + "\n"
 
 
+def _median_row(samples: list[dict]) -> dict:
+    """The run with the median step time, with every run's step time kept beside it."""
+    ordered = sorted(samples, key=lambda r: r["step_s"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["step_s_runs"] = [r["step_s"] for r in samples]
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(SETTINGS), action="append")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every setting this many times, interleaved; report the median run")
     parser.add_argument("--cifar", type=Path, help="a real CIFAR-10 python directory for the ResNet-18 setting")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     names = args.only or list(SETTINGS)
     note = ""
+    samples: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        rows = []
-        for name in names:
-            overrides = list(SETTINGS[name])
-            if name.startswith("resnet18"):
-                cifar = args.cifar or synthetic_cifar(work / "cifar")
-                overrides.append(f"data.path={cifar}")
-                if args.cifar is None:
-                    note = "ResNet-18 ran on a CIFAR-format directory of random pixels (timing only; no CIFAR-10 here)."
-            print(f"running {name} ...", flush=True)
-            rows.append(run_setting(name, overrides, work))
-            print(json.dumps(rows[-1], indent=1), flush=True)
+        for rep in range(args.repeat):
+            for name in names:
+                overrides = list(SETTINGS[name])
+                if name.startswith("resnet18"):
+                    cifar = args.cifar or synthetic_cifar(work / "cifar")
+                    overrides.append(f"data.path={cifar}")
+                    if args.cifar is None:
+                        note = "ResNet-18 ran on a CIFAR-format directory of random pixels (timing only; no CIFAR-10 here)."
+                print(f"running {name} ({rep + 1}/{args.repeat}) ...", flush=True)
+                samples[name].append(run_setting(name, overrides, work / f"rep{rep}"))
+                print(json.dumps(samples[name][-1], indent=1), flush=True)
+    rows = [_median_row(samples[name]) for name in names]
+    # Settings not run this time keep their last recorded row.
+    recorded = args.out / "step_breakdown.json"
+    if recorded.is_file():
+        kept = [r for r in json.loads(recorded.read_text()) if r["setting"] not in samples]
+        rows = sorted(kept + rows, key=lambda r: list(SETTINGS).index(r["setting"]))
     command = "python benchmarks/step_breakdown.py" + "".join(f" --only {n}" for n in (args.only or []))
+    if args.repeat > 1:
+        command += f" --repeat {args.repeat}"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "step_breakdown.json").write_text(json.dumps(rows, indent=2) + "\n")
+    recorded.write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "step_breakdown.md").write_text(to_markdown(rows, command, note))
     print(to_markdown(rows, command, note))
 

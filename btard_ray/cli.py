@@ -21,15 +21,20 @@ app = typer.Typer(
     name="btard",
     help=(
         "Byzantine-tolerant elastic training on Ray (BTARD-SGD).\n\n"
-        "Start with:  btard run configs/quickstart.yaml"
+        "Start with:  btard run configs/quickstart.yaml\n\n"
+        "On a cluster:  btard cluster start, then btard submit configs/quickstart.yaml"
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+from btard_ray.cluster_cli import cluster_app  # noqa: E402
+from btard_ray.jobs_cli import jobs_app, submit  # noqa: E402
 from btard_ray.ledger_cli import ledger_app  # noqa: E402
 
 app.add_typer(ledger_app, name="ledger", help="Audit a ban ledger: list, show a peer, export, verify.")
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(jobs_app, name="jobs")
 err = Console(stderr=True)
 out = Console()
 
@@ -52,11 +57,23 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _load(config: Optional[Path], overrides: list[str]) -> JobConfig:
+def _unexpected(exc: Exception) -> NoReturn:
+    """A failure the user did not cause: its last line, exit 1 (BTARD_DEBUG=1: the traceback)."""
+    if os.environ.get("BTARD_DEBUG"):
+        raise exc
+    text = str(exc).strip()
+    _fail(f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}", 1)
+
+
+def _load(config: Optional[Path], overrides: list[str], name: Optional[str] = None) -> JobConfig:
+    """The validated config; its name is ``name``, else its ``name`` key, else the file's stem,
+    else ``quickstart``."""
     try:
         cfg = load_config(config, overrides)
     except ConfigError as exc:
         _fail(str(exc), 2)
+    if name:
+        cfg.name = name
     if cfg.name is None:
         cfg.name = "quickstart"
     return cfg
@@ -70,6 +87,10 @@ def run(
     ),
     overrides: list[str] = SET_OPT,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    name: Optional[str] = typer.Option(
+        None, "--name", "-n", help="The job's name. Default: the config's name key, else the file's stem.",
+        show_default=False,
+    ),
 ) -> None:
     """Train a model with n Ray peers using butterfly CenteredClip all-reduce.
 
@@ -78,7 +99,7 @@ def run(
 
     Example:  btard run configs/quickstart.yaml --set steps=50 --out runs/try
     """
-    cfg = _load(config, overrides)
+    cfg = _load(config, overrides, name)
     from btard_ray.run_dir import RunDir, default_run_dir
     from btard_ray.data import DataError
 
@@ -92,13 +113,51 @@ def run(
     except (ConfigError, DataError) as exc:
         _fail(str(exc), 2)
     except Exception as exc:  # noqa: BLE001 - one line for the user; BTARD_DEBUG shows the rest
-        if os.environ.get("BTARD_DEBUG"):
-            raise
-        _fail(f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}", 1)
+        _unexpected(exc)
     out.print(
         f"done: test accuracy [bold]{100 * summary['final_test_accuracy']:.2f}%[/] after {summary['steps']} steps "
         f"in {summary['wall_seconds']:.0f} s; weights agree ({summary['weight_hash'][:12]}). "
         f"Plot it: btard plot {target}"
+    )
+
+
+@app.command()
+def resume(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `btard run`.", show_default=False),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", min=1, help="Train to this many steps in all. Default: the config's steps.",
+        show_default=False,
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Continue a run whose driver died, from its latest checkpoint.
+
+    Reads RUN_DIR/config.yaml and the latest checkpoint (checkpoint_every),
+    starts new peers with its weights, optimizer state and membership, reopens
+    the run's ledger with its job key and trains on to the config's steps (or
+    --steps): the steps, the metrics and the ledger's chain continue.
+
+    Example:  btard resume runs/quickstart-20260101-120000 --steps 400
+    """
+    from btard_ray.checkpoint import ResumeError
+    from btard_ray.run_dir import RunDir
+
+    target = RunDir(run_dir)
+    try:
+        from btard_ray.trainer import load_for_resume, resume as resume_job
+
+        cfg, ckpt = load_for_resume(target, steps)
+        out.print(f"[bold]btard resume[/] job [cyan]{cfg.name}[/] at step {ckpt.step} of {cfg.steps}: "
+                  f"{len(ckpt.members)} peers (banned: {len(ckpt.banned)}) -> {run_dir}", soft_wrap=True)
+        summary = resume_job(target, steps, show_progress=progress, console=out, loaded=(cfg, ckpt))
+    except ResumeError as exc:
+        _fail(str(exc), 2)
+    except Exception as exc:  # noqa: BLE001 - one line for the user; BTARD_DEBUG shows the rest
+        _unexpected(exc)
+    out.print(
+        f"done: test accuracy [bold]{100 * summary['final_test_accuracy']:.2f}%[/] after {summary['steps']} steps "
+        f"(resumed from step {ckpt.step}); weights agree ({summary['weight_hash'][:12]}).",
+        soft_wrap=True,
     )
 
 
@@ -131,6 +190,9 @@ def show_config(config: Optional[Path] = CONFIG_ARG, overrides: list[str] = SET_
     """
     cfg = _load(config, overrides)
     sys.stdout.write(dump_config(cfg))
+
+
+app.command("submit")(submit)  # defined in jobs_cli.py; registered here to list after `config`
 
 
 def main() -> None:

@@ -119,12 +119,17 @@ class ProtocolConfig(_Strict):
 
     With checks on, every message is signed, parts are committed before the scatter, the
     shared seed comes from commit-reveal, every aggregate is checked by a random projection,
-    ``validators`` peers per step re-compute a random peer's gradient, and accusations go to
-    the tribunal, whose verdicts are written to the ledger.
+    ``validators`` peers per step re-compute a random peer's gradient, up to
+    ``suspect_audits`` peers whose parts CenteredClip clipped (distance > τ) are re-computed
+    too, and accusations go to the tribunal, whose verdicts are written to the ledger.
     """
 
     checks: bool = True
     validators: int = Field(1, ge=0, description="m: validators drawn per step")
+    suspect_audits: int = Field(
+        2, ge=0, description="clipped peers (distance > tau in some part) re-computed per step, most clipped first")
+    peer_signature_checks: bool = Field(
+        False, description="peers re-verify every relayed signature (the relay always verifies)")
     validation_rtol: float = Field(1e-4, gt=0.0, description="relative tolerance of a re-computed gradient")
     distance_rtol: float = Field(1e-5, gt=0.0, description="peer vs aggregator distance agreement")
 
@@ -163,6 +168,8 @@ class JobConfig(_Strict):
     steps: int = Field(150, gt=0)
     eval_every: int = Field(10, gt=0)
     weight_check_every: int = Field(10, gt=0, description="steps between weight-hash checks")
+    checkpoint_every: int = Field(
+        50, ge=0, description="steps between checkpoints for `btard resume` (0: only the final one)")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optimizer: OptimizerConfig = OptimizerConfig()

@@ -73,6 +73,7 @@ class Peer:
 
         self.protocol = PeerProtocol(cfg, peer_id, self.identity, self.replica, attack)
         self._sent: tuple[int, list[torch.Tensor]] | None = None
+        self._applied: int | None = None  # the step applied in audit_apply (rollback target)
 
     def info(self) -> dict[str, Any]:
         """Who and where this peer is: id, parameter count, device, Ray node."""
@@ -97,8 +98,11 @@ class Peer:
         self._sent = (step, sent)
         return (*sent, commitment, {"loss": loss, "compute_s": time.perf_counter() - t0})
 
-    def secure_aggregate(self, step: int, refs: list[Optional[ray.ObjectRef]], commitments: dict) -> tuple:
-        """Aggregate, signed report, accusations, stats (own slot of ``refs``: None)."""
+    def aggregate_reveal(self, step: int, refs: list[Optional[ray.ObjectRef]], commitments: dict) -> tuple:
+        """Aggregate, signed report, signed reveal (None: withheld), accusations, stats.
+
+        ``refs`` holds every member's part j (None for this peer's own slot).
+        """
         if self._sent is None or self._sent[0] != step:
             raise RuntimeError(f"peer {self.peer_id}: no parts for step {step}")
         own = self._sent[1][refs.index(None)]
@@ -108,26 +112,62 @@ class Peer:
         x, report, accusations = self.protocol.aggregate(step, dict(zip(members, rows)), commitments)
         stats = {"scatter_wait_s": fetch["wait_s"], "scatter_fetch_s": fetch["fetch_s"],
                  "scatter_bytes": fetch["bytes"], "aggregate_s": time.perf_counter() - t0}
-        return x, report, accusations, stats
+        return x, report, self.protocol.reveal(step), accusations, stats
 
-    def reveal(self, step: int, refs: list[Optional[ray.ObjectRef]], reports: dict) -> tuple:
-        """Check the aggregates against their reports, reveal the nonce (None: withheld)."""
+    def gather_project(self, step: int, refs: list[Optional[ray.ObjectRef]], reports: dict, reveals: dict,
+                       commitments: dict, part_refs: dict[int, list[ray.ObjectRef]]) -> tuple:
+        """Gather and check the aggregates, open r_{t+1}, sign the inner products, validate.
+
+        Returns (inner products, accusations, stats). ``part_refs`` holds the sent parts of
+        this peer's validation targets (the driver derives the same targets; it hands over
+        only those, since every object ref in the arguments costs a borrower registration).
+        """
         st = self.protocol._state(step)
         own = st.aggregates[st.members.index(self.peer_id)]
         rows, fetch = _fetch(refs, own)
-        reveal, accusations = self.protocol.reveal(step, dict(zip(st.members, rows)), reports)
-        return reveal, accusations, {"gather_wait_s": fetch["wait_s"], "gather_fetch_s": fetch["fetch_s"],
-                                     "gather_bytes": fetch["bytes"]}
-
-    def project(self, step: int, reveals: dict, commitments: dict) -> tuple:
-        return self.protocol.project(step, reveals, commitments)
-
-    def audit(self, step: int, inner: dict, reports: dict, commitments: dict,
-              part_refs: dict[int, list[ray.ObjectRef]]) -> list[dict]:
-        """Accusations from the aggregate checks and (as a validator) re-computed gradients."""
-        targets = self.protocol.validation_targets(step)
+        accusations = self.protocol.check_aggregates(step, dict(zip(st.members, rows)), reports)
+        accusations += self.protocol.open_seed(step, reveals, commitments)
+        inner = self.protocol.project(step)
+        t0 = time.perf_counter()
+        targets = self.protocol.validation_targets(step, reports)
+        missing = set(targets) - set(part_refs)
+        if missing:
+            raise RuntimeError(f"peer {self.peer_id}: no parts handed over for validation targets {sorted(missing)}")
         fetched = {t: ray.get(part_refs[t]) for t in targets}
-        return self.protocol.audit(step, inner, reports, commitments, fetched)
+        accusations += self.protocol.validate(step, fetched, commitments)
+        return inner, accusations, {"gather_wait_s": fetch["wait_s"], "gather_fetch_s": fetch["fetch_s"],
+                                    "gather_bytes": fetch["bytes"], "validate_s": time.perf_counter() - t0,
+                                    "validated": len(targets)}
+
+    def audit_apply(self, step: int, inner: dict, reports: dict, apply: bool, check_weights: bool,
+                    next_commit: tuple[list[int], bytes] | None = None) -> tuple:
+        """Check every aggregate; when ``apply`` and this peer found nothing, also take the step.
+
+        Returns (accusations, apply stats or None when the step was not applied). The state
+        before the update is kept, so a step the tribunal must redo can be rolled back.
+
+        ``next_commit = (members, r_{t+1})`` also runs step t+1's :meth:`commit` on the new
+        weights in this same call, saving the step a round of actor calls; the call then
+        returns n + 2 more values (``commit``'s), all None when the step was not applied.
+        """
+        accusations = self.protocol.audit(step, inner, reports)
+        extra: tuple = ()
+        if next_commit is not None:
+            extra = (None,) * (len(next_commit[0]) + 2)
+        if not apply or accusations:
+            return (accusations, None, *extra)
+        self.replica.save_point()
+        self._applied = step
+        stats = self._apply(step, {}, False, check_weights)
+        if next_commit is not None:
+            extra = self.commit(step + 1, *next_commit)
+        return (accusations, stats, *extra)
+
+    def rollback(self, step: int) -> None:
+        """Undo this step's update, if this peer applied it (before judging and re-applying)."""
+        if self._applied == step:
+            self.replica.restore_point()
+            self._applied = None
 
     def judge(self, step: int, case: dict, ctx: dict) -> tuple:
         """A signed vote on ``case``, and the re-computed aggregate when one is found wrong."""
@@ -145,11 +185,15 @@ class Peer:
                                                  "replacement": digest})
         return vote, replacement
 
-    def secure_apply(self, step: int, replacements: dict[int, ray.ObjectRef], check_weights: bool) -> dict:
-        """Optimizer step with the aggregates, judges' replacements substituted."""
-        t0 = time.perf_counter()
+    def secure_apply(self, step: int, replacements: dict[int, ray.ObjectRef], skip: bool,
+                     check_weights: bool) -> dict:
+        """Optimizer step with the aggregates, judges' replacements substituted (none: ``skip``)."""
         fixed = {j: ray.get(ref) for j, ref in replacements.items()}
-        self.protocol.apply(step, fixed)
+        return self._apply(step, fixed, skip, check_weights)
+
+    def _apply(self, step: int, fixed: dict, skip: bool, check_weights: bool) -> dict:
+        t0 = time.perf_counter()
+        self.protocol.apply(step, fixed, skip)
         stats: dict[str, Any] = {"update_s": time.perf_counter() - t0, "lr": self.replica.current_lr()}
         if check_weights:
             stats["weight_hash"] = self.replica.weight_hash()
@@ -207,6 +251,11 @@ class Peer:
 
     def state(self) -> dict:
         return self.replica.state()
+
+    def load_state(self, state: dict) -> str:
+        """Take a checkpoint's weights, optimizer and schedule state; returns the weight hash."""
+        self.replica.load_state(state)
+        return self.replica.weight_hash()
 
     def _take_own(self, slot: tuple[int, torch.Tensor] | None, step: int, what: str) -> torch.Tensor:
         if slot is None or slot[0] != step:

@@ -9,15 +9,17 @@ Phases of step t for a peer with index k among the members m_0..m_{n-1}:
                  every part's digest and to the digest of a fresh nonce.
 2. ``aggregate`` as aggregator of part k: check every received part against its sender's
                  commitment (a mismatch is excluded and accused), CenteredClip, signed
-                 report of the aggregate's digest and the n distances.
-3. ``reveal``    check every aggregate against its report, reveal the nonce (signed).
-4. ``project``   check the reveals, r_{t+1} = H(r_t ‖ reveals), and for every part j the
-                 signed share s_kj = c_kj·⟨z_j, g[j] − x_j⟩ and distance ‖g[j] − x_j‖.
-5. ``audit``     check every aggregate's projection sum and distances; as a validator,
-                 re-compute the target's gradient (weights are still w_t) and compare.
-6. ``judge``     on request of the tribunal, re-compute a disputed quantity and vote.
-7. ``apply``     take the optimizer step with the aggregates (judges' replacements for
-                 aggregates found wrong).
+                 report of the aggregate's digest and the n distances; ``reveal`` the
+                 nonce (signed) in the same round.
+3. ``check_aggregates`` every gathered aggregate against its report; ``open_seed``
+                 r_{t+1} = H(r_t ‖ reveals); ``project``: for every part j the signed share
+                 s_kj = c_kj·⟨z_j, g[j] − x_j⟩ and distance ‖g[j] − x_j‖; ``validate``: as
+                 a validator (random, or of a clipped suspect), re-compute the target's
+                 gradient at w_t and compare.
+4. ``audit``     check every aggregate's projection sum and distances.
+5. ``judge``     on request of the tribunal, re-compute a disputed quantity and vote.
+6. ``apply``     take the optimizer step with the aggregates (judges' replacements for
+                 aggregates found wrong; no step at all when a forged gradient was found).
 
 Accusations are signed messages ``{"accused": hex key, "accused_peer": id, "case": ...}``.
 """
@@ -39,7 +41,12 @@ from btard_ray.partition import join, split
 from btard_ray.protocol.commitments import new_nonce, nonce_digest, part_digest
 from btard_ray.protocol.projection import check_aggregate, peer_share, projection_vector
 from btard_ray.protocol.randomness import check_reveal, next_seed
-from btard_ray.protocol.validation import choose_validators, compare_gradients
+from btard_ray.protocol.validation import (
+    choose_suspect_validators,
+    choose_validators,
+    clipped_suspects,
+    compare_gradients,
+)
 from btard_ray.replica import Replica
 
 #: float32 unit roundoff: a float32 aggregate x cannot be placed closer than about
@@ -84,6 +91,7 @@ class StepState:
     attacking: bool
     aggregates: dict[int, torch.Tensor] = field(default_factory=dict)  # part index -> x_j
     next_seed: bytes | None = None
+    z_norms: dict[int, float] = field(default_factory=dict)  # part index -> ‖z_j‖ (for the check)
 
 
 class PeerProtocol:
@@ -100,25 +108,56 @@ class PeerProtocol:
         self.attack = attack
         self.tau = cfg.aggregator.tau
         self.keys: dict[int, str] = {}
-        self.state: StepState | None = None
+        self.state: StepState | None = None  # the latest step's
+        # Step t's state outlives the commitment of step t+1 (sent in the same call as step
+        # t's audit), so that step t can still be rolled back, judged and applied.
+        self._states: dict[int, StepState] = {}
+        self._seen: dict[str, tuple[dict, Message]] = {}
 
     # -- helpers ---------------------------------------------------------------------------
 
     def sign(self, step: int, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        return sign_message(self.identity, self.job, step, kind, payload).to_dict()
+        """A signed message of ``kind``; an attacker may send something else (replays)."""
+        raw = sign_message(self.identity, self.job, step, kind, payload).to_dict()
+        return self.attack.outgoing(step, kind, raw) if self._attacking(step) else raw  # type: ignore[union-attr]
 
     def valid(self, raw: Any, peer: int, step: int, kind: str) -> Message | None:
-        """:func:`valid_message` for ``peer``'s key in this job."""
-        return valid_message(raw, self.job, self.keys.get(peer), step, kind)
+        """:func:`valid_message` for ``peer``'s key in this job.
+
+        A message comes through the relay, which has verified its signature (design §2: the
+        control plane is trusted to relay, and rejects what does not verify). A peer checks
+        the envelope (job, step, kind, sender) of everything it uses, and re-verifies the
+        Ed25519 signature itself only with ``protocol.peer_signature_checks``: that costs
+        O(n²) verifications per step, the largest CPU cost of the protocol on a small model.
+        Either way a message is parsed once per peer (cached by its signature, reused only
+        for an identical dict).
+        """
+        key = self.keys.get(peer)
+        if raw is None or key is None or not isinstance(raw, Mapping):
+            return None
+        signature = raw.get("signature")
+        hit = self._seen.get(signature) if isinstance(signature, str) else None
+        if hit is not None and hit[0] == raw:
+            msg = hit[1]
+        else:
+            msg = valid_message(raw, self.job, key, step, kind, verify=self.cfg.protocol.peer_signature_checks)
+            if msg is None:
+                return None
+            if len(self._seen) > 4096:  # a few steps' messages; older ones are never asked for again
+                self._seen.clear()
+            # Relayed messages are never mutated once received, so the dict itself is kept.
+            self._seen[signature] = (raw, msg)
+        ok = msg.job == self.job and msg.step == step and msg.kind == kind and msg.sender == key
+        return msg if ok else None
 
     def accuse(self, step: int, accused: int, case: str, **detail: Any) -> dict[str, Any]:
         payload = {"accused": self.keys.get(accused, ""), "accused_peer": accused, "case": case, **detail}
         return self.sign(step, "accusation", payload)
 
     def _state(self, step: int) -> StepState:
-        if self.state is None or self.state.step != step:
+        if step not in self._states:
             raise RuntimeError(f"peer {self.me}: no state for step {step}")
-        return self.state
+        return self._states[step]
 
     def _attacking(self, step: int) -> bool:
         return self.attack is not None and self.cfg.attack.active_at(step)
@@ -130,7 +169,10 @@ class PeerProtocol:
         flat, loss = self.replica.gradient_for(self.me, step)
         attacking = self._attacking(step)
         if attacking:
-            flat = self.attack.gradient(step, flat)  # type: ignore[union-attr]
+            from attacks.context import AttackContext  # only an attacker builds one
+
+            ctx = AttackContext.for_replica(self.replica, self.me, step, members, own=flat)
+            flat = self.attack.gradient(step, flat, ctx)  # type: ignore[union-attr]
         # clone: a view would pickle its whole base tensor into the object store
         parts = [p.cpu().clone() for p in split(flat, len(members))]
         nonce = new_nonce()
@@ -139,6 +181,8 @@ class PeerProtocol:
             "nonce": nonce_digest(nonce),
         })
         self.state = StepState(step, list(members), seed, parts, nonce, loss, attacking)
+        self._states = {t: st for t, st in self._states.items() if t == step - 1}
+        self._states[step] = self.state
         sent = self.attack.sent_parts(step, parts) if attacking else parts  # type: ignore[union-attr]
         return sent, commitment, loss
 
@@ -180,11 +224,24 @@ class PeerProtocol:
         })
         return x, report, accusations
 
-    # -- 3. reveal ---------------------------------------------------------------------------
+    # -- 2b. reveal (sent with the aggregate report) ------------------------------------------
 
-    def reveal(self, step: int, aggregates: Mapping[int, torch.Tensor], reports: Mapping[int, Any]
-               ) -> tuple[dict | None, list[dict]]:
-        """Check every aggregate against its signed report, then reveal the nonce."""
+    def reveal(self, step: int) -> dict | None:
+        """The signed nonce reveal (None: withheld).
+
+        It travels in the same round as this peer's aggregate report: the relay hands no
+        reveal to anybody before every report is in, so r_{t+1} is still unknown to every
+        aggregator when its aggregate is fixed (design §4.3).
+        """
+        st = self._state(step)
+        nonce = self.attack.reveal(step, st.nonce) if st.attacking else st.nonce  # type: ignore[union-attr]
+        return None if nonce is None else self.sign(step, "reveal", {"nonce": nonce.hex()})
+
+    # -- 3. gather, open the seed, project -----------------------------------------------------
+
+    def check_aggregates(self, step: int, aggregates: Mapping[int, torch.Tensor], reports: Mapping[int, Any]
+                         ) -> list[dict]:
+        """Check every gathered aggregate against its signed report; keep them for the update."""
         st = self._state(step)
         accusations = []
         for j, pid in enumerate(st.members):
@@ -193,44 +250,68 @@ class PeerProtocol:
             if report is None or report.payload.get("digest") != aggregate_digest(self.job, step, pid, j, x):
                 accusations.append(self.accuse(step, pid, "aggregate_check", part=j, why="report"))
             st.aggregates[j] = x
-        nonce = self.attack.reveal(step, st.nonce) if st.attacking else st.nonce  # type: ignore[union-attr]
-        if nonce is None:
-            return None, accusations
-        return self.sign(step, "reveal", {"nonce": nonce.hex()}), accusations
+        return accusations
 
-    # -- 4. project --------------------------------------------------------------------------
-
-    def project(self, step: int, reveals: Mapping[int, Any], commitments: Mapping[int, Any]
-                ) -> tuple[dict, list[dict]]:
-        """r_{t+1} from the reveals, then the signed shares and distances for every part."""
+    def open_seed(self, step: int, reveals: Mapping[int, Any], commitments: Mapping[int, Any]) -> list[dict]:
+        """r_{t+1} = H(r_t ‖ reveals); a missing or non-opening reveal is an accusation."""
         st = self._state(step)
         accusations, nonces = [], []
         for pid in st.members:
-            nonce = reveal_nonce(reveals.get(pid), commitments.get(pid), self.job, self.keys.get(pid), step)
+            nonce = opened_nonce(self.valid(reveals.get(pid), pid, step, "reveal"),
+                                 self.valid(commitments.get(pid), pid, step, "commitment"))
             if nonce is None:
                 accusations.append(self.accuse(step, pid, "withheld_reveal"))
             nonces.append(nonce)
         st.next_seed = next_seed(st.seed, nonces)
+        return accusations
+
+    def project(self, step: int) -> dict:
+        """The signed shares s_kj = c_kj·⟨z_j, g[j] − x_j⟩ and distances for every part j."""
+        st = self._state(step)
+        assert st.next_seed is not None
         shares, distances = [], []
         for j, part in enumerate(st.parts):
             z = projection_vector(st.next_seed, j, part.numel())
+            st.z_norms[j] = float(z.double().norm())
             s, d = peer_share(part, st.aggregates[j], z, self.tau)
             shares.append(s)
             distances.append(_finite_or_none(d))
-        return self.sign(step, "inner_products", {"shares": shares, "distances": distances}), accusations
+        return self.sign(step, "inner_products", {"shares": shares, "distances": distances})
 
-    # -- 5. audit ----------------------------------------------------------------------------
+    # -- 3b. validate ---------------------------------------------------------------------------
 
-    def validation_targets(self, step: int) -> list[int]:
-        """The peers this peer must validate at ``step`` (drawn from r_{t+1})."""
+    def validation_targets(self, step: int, reports: Mapping[int, Any]) -> list[int]:
+        """The peers this peer must re-compute at ``step``, drawn from r_{t+1}.
+
+        The m random (validator, target) pairs of :func:`choose_validators`, plus one pair per
+        suspect of :func:`clipped_suspects` (from the signed reports' distances). The driver
+        derives the same list to know whose parts to hand over.
+        """
         st = self._state(step)
         assert st.next_seed is not None
-        pairs = choose_validators(st.next_seed, [str(m) for m in st.members], self.cfg.protocol.validators)
-        return [int(target) for validator, target in pairs if validator == str(self.me)]
+        parsed = {pid: self.valid(reports.get(pid), pid, step, "aggregate_report") for pid in st.members}
+        pairs = audit_pairs(st.next_seed, st.members, self.tau, self.cfg.protocol.validators,
+                            self.cfg.protocol.suspect_audits, reported_distances(st.members, parsed))
+        return sorted({target for validator, target in pairs if validator == self.me})
 
-    def audit(self, step: int, inner: Mapping[int, Any], reports: Mapping[int, Any],
-              commitments: Mapping[int, Any], target_parts: Mapping[int, Sequence[torch.Tensor]]) -> list[dict]:
-        """Accusations from the projection check of every aggregate and from validation."""
+    def validate(self, step: int, target_parts: Mapping[int, Sequence[torch.Tensor]],
+                 commitments: Mapping[int, Any]) -> list[dict]:
+        """Re-compute each target's gradient at w_t and compare with what it sent."""
+        accusations = []
+        for target, sent in target_parts.items():
+            problem = gradient_problem(self, step, target, sent, commitments.get(target))
+            if problem is not None:
+                accusations.append(self.accuse(step, target, problem[0], why=problem[1]))
+        return accusations
+
+    # -- 4. audit -------------------------------------------------------------------------------
+
+    def audit(self, step: int, inner: Mapping[int, Any], reports: Mapping[int, Any]) -> list[dict]:
+        """Accusations from the projection check of every aggregate.
+
+        The check is a deterministic function of the relayed messages, so every honest peer
+        reaches the same finding: either all of them apply the step or none does.
+        """
         st = self._state(step)
         assert st.next_seed is not None
         accusations = []
@@ -241,49 +322,85 @@ class PeerProtocol:
         for j, aggregator in enumerate(st.members):
             report = self.valid(reports.get(aggregator), aggregator, step, "aggregate_report")
             if report is None:
-                continue  # already accused in reveal
+                continue  # already accused when the aggregates were gathered
             check = aggregate_check_for(self, j, st, report, messages)
             if check is not None and not check.ok:
                 accusations.append(self.accuse(step, aggregator, "aggregate_check", part=j, why=check.reason))
-        for target in self.validation_targets(step):
-            problem = gradient_problem(self, step, target, target_parts[target], commitments.get(target))
-            if problem is not None:
-                accusations.append(self.accuse(step, target, problem[0], why=problem[1]))
         if st.attacking:
             for claim in self.attack.false_claims(step, self.me, st.members):  # type: ignore[union-attr]
                 accusations.append(self.accuse(step, claim.accused, claim.case, why="made up"))
         return accusations
 
-    # -- 7. apply ----------------------------------------------------------------------------
+    # -- 5. apply -------------------------------------------------------------------------------
 
-    def apply(self, step: int, replacements: Mapping[int, torch.Tensor]) -> None:
-        """Optimizer step with ĝ = join(x_0..x_{n-1}), replacing aggregates judged wrong."""
+    def apply(self, step: int, replacements: Mapping[int, torch.Tensor], skip: bool = False) -> None:
+        """Optimizer step with ĝ = join(x_0..x_{n-1}), replacing aggregates judged wrong.
+
+        ``skip``: the tribunal found a forged gradient in this step; nobody applies it, so the
+        forged contribution never reaches the weights (the honest peers lose one step).
+        """
         st = self._state(step)
+        if skip:
+            return
         aggregates = dict(st.aggregates)
         aggregates.update(replacements)
         self.replica.apply_gradient(join([aggregates[j] for j in range(len(st.members))]))
 
 
+def reported_distances(members: Sequence[int], reports: Mapping[int, Message | None]) -> list[list[float | None]]:
+    """The distances of every valid aggregate report, in part order (a bad report: none);
+    None for a row the aggregator excluded, inf for a non-finite row it did not exclude."""
+    rows = []
+    for aggregator in members:
+        report = reports.get(aggregator)
+        distances = report.payload.get("distances", []) if report is not None else []
+        if isinstance(distances, list) and len(distances) == len(members):
+            excluded = set(report.payload.get("excluded", [])) if report is not None else set()
+            # No distance (JSON has no inf) for a row that matched its commitment: the row
+            # itself is not finite (NaN/inf gradient), the most suspect of all.
+            rows.append([(None if pid in excluded else math.inf) if d is None else float(d)
+                         for pid, d in zip(members, distances)])
+    return rows
+
+
+def audit_pairs(seed: bytes, members: Sequence[int], tau: float, validators: int, suspect_audits: int,
+                reported: Sequence[Sequence[float | None]]) -> list[tuple[int, int]]:
+    """Every (validator, target) pair of a step: m random ones and one per clipped suspect."""
+    names = [str(m) for m in members]
+    pairs = choose_validators(seed, names, validators)
+    suspects = clipped_suspects(names, reported, tau, suspect_audits)
+    pairs += choose_suspect_validators(seed, names, suspects)
+    return [(int(v), int(t)) for v, t in pairs]
+
+
 # -- checks shared by auditing peers and judges ------------------------------------------------
 
 
-def valid_message(raw: Any, job: str, key: str | None, step: int, kind: str) -> Message | None:
+def valid_message(raw: Any, job: str, key: str | None, step: int, kind: str, verify: bool = True
+                  ) -> Message | None:
     """The message if ``raw`` is a well-formed message of ``kind`` for ``job`` and ``step``,
-    signed by ``key``; None otherwise (the caller decides whether that is an accusation)."""
+    signed by ``key``; None otherwise (the caller decides whether that is an accusation).
+    ``verify=False`` checks the envelope only (for messages the relay has verified)."""
     if raw is None or key is None:
         return None
     try:
         msg = Message.from_dict(raw)
     except MessageError:
         return None
-    ok = msg.job == job and msg.step == step and msg.kind == kind and msg.sender == key and msg.signature_valid()
-    return msg if ok else None
+    ok = msg.job == job and msg.step == step and msg.kind == kind and msg.sender == key
+    return msg if ok and (not verify or msg.signature_valid()) else None
 
 
-def reveal_nonce(raw_reveal: Any, raw_commitment: Any, job: str, key: str | None, step: int) -> bytes | None:
-    """The nonce of a reveal if it is signed by ``key`` and opens the same peer's commitment."""
-    reveal = valid_message(raw_reveal, job, key, step, "reveal")
-    commit = valid_message(raw_commitment, job, key, step, "commitment")
+def reveal_nonce(raw_reveal: Any, raw_commitment: Any, job: str, key: str | None, step: int,
+                 verify: bool = True) -> bytes | None:
+    """The nonce of a reveal if it is signed by ``key`` and opens the same peer's commitment
+    (``verify=False``: the signatures were verified by the relay)."""
+    return opened_nonce(valid_message(raw_reveal, job, key, step, "reveal", verify),
+                        valid_message(raw_commitment, job, key, step, "commitment", verify))
+
+
+def opened_nonce(reveal: Message | None, commit: Message | None) -> bytes | None:
+    """The revealed nonce if it opens the commitment's nonce digest; None otherwise."""
     if reveal is None or commit is None:
         return None
     try:
@@ -322,7 +439,9 @@ def aggregate_check_for(proto: PeerProtocol, j: int, st: StepState, report: Mess
         peer_d.append(_as_float(msg.payload["distances"][j]))
         agg_d.append(_as_float(reported[i]))
     size = st.parts[j].numel()
-    z_norm = float(projection_vector(st.next_seed, j, size).double().norm())
+    z_norm = st.z_norms.get(j)
+    if z_norm is None:
+        z_norm = float(projection_vector(st.next_seed, j, size).double().norm())
     eps = effective_eps(proto.cfg.aggregator.eps, st.aggregates[j])
     return check_aggregate(shares, peer_d, agg_d, len(st.members), eps, z_norm,
                            proto.cfg.protocol.distance_rtol, part_size=size, tau=proto.tau)

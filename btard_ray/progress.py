@@ -9,7 +9,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class TrainingProgress:
     """Context manager around a rich Progress with one task for the run's steps."""
 
-    def __init__(self, total_steps: int, job_name: str, enabled: bool = True, console: Console | None = None) -> None:
+    def __init__(self, total_steps: int, job_name: str, enabled: bool = True, console: Console | None = None,
+                 completed: int = 0) -> None:
+        """``completed``: steps already done (a resumed job starts its bar there)."""
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -21,7 +23,8 @@ class TrainingProgress:
             disable=not enabled,
             transient=False,
         )
-        self._task = self._progress.add_task(job_name, total=total_steps, loss="-", acc="-", peers="-")
+        self._task = self._progress.add_task(job_name, total=total_steps, completed=completed, loss="-", acc="-",
+                                             peers="-")
 
     def __enter__(self) -> "TrainingProgress":
         self._progress.__enter__()

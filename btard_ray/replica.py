@@ -8,13 +8,16 @@ definition: :meth:`Replica.gradient_for`.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from btard_ray.config import JobConfig
 from btard_ray.data import load_dataset, public_batch, dropout_seed
+from btard_ray.data.dataset import Batch
 from btard_ray.models import build_model, compute_loss
 from btard_ray.optim import build_optimizer, build_scheduler
 from btard_ray.partition import flatten_grads, unflatten_like
@@ -50,14 +53,24 @@ class Replica:
         self.optimizer = build_optimizer(self.params, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.optimizer, cfg.steps)
 
-    def gradient_for(self, peer_id: int, step: int) -> tuple[torch.Tensor, float]:
+    def gradient_for(self, peer_id: int, step: int, transform: Callable[[Batch], Batch] | None = None
+                     ) -> tuple[torch.Tensor, float]:
         """Flat float32 gradient of peer ``peer_id``'s public batch at ``step``, and its loss.
 
-        Raises NonFiniteGradientError if the gradient is not finite.
+        ``transform`` rewrites the batch before the forward pass (only attacks use it, e.g.
+        flipped labels; the protocol's gradient is ``transform=None``). Raises
+        NonFiniteGradientError if the gradient is not finite.
         """
         batch = public_batch(self.dataset, self.cfg.seed, peer_id, step, self.cfg.data.batch_size)
+        if transform is not None:
+            batch = transform(batch)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        torch.manual_seed(dropout_seed(self.cfg.seed, peer_id, step))
+        # Seed the generators the model can draw dropout masks from (torch.manual_seed also
+        # walks every CUDA device and costs ~1 ms on a CPU-only machine).
+        seed = dropout_seed(self.cfg.seed, peer_id, step)
+        torch.random.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
         self.model.train()
         for p in self.params:
             p.grad = None
@@ -79,6 +92,23 @@ class Replica:
             p.grad = g.clone()
         self.optimizer.step()
         self.scheduler.step()
+
+    def save_point(self) -> None:
+        """Remember the weights and the optimizer and schedule state (see :meth:`restore_point`)."""
+        self._saved = copy.deepcopy(
+            (self.model.state_dict(), self.optimizer.state_dict(), self.scheduler.state_dict()))
+
+    def restore_point(self) -> None:
+        """Go back, bit for bit, to the state of the last :meth:`save_point`.
+
+        Used when a step that was applied must be re-applied differently (an aggregate the
+        tribunal replaced, a forged gradient): re-applying from the same state on every peer
+        keeps the replicas identical.
+        """
+        model, optimizer, scheduler = copy.deepcopy(self._saved)
+        self.model.load_state_dict(model)
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(scheduler)
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -109,3 +139,16 @@ class Replica:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
+
+    def load_state(self, state: dict) -> None:
+        """Take the weights, optimizer and schedule state of :meth:`state` (a checkpoint's).
+
+        Tensors go to this replica's device. The schedule keeps its step count but takes its
+        length from this replica's config, so a resumed job with a new ``steps`` follows the
+        new schedule from the resumed step on. ``state`` is copied first: the optimizer
+        would otherwise keep the caller's tensors as its own buffers.
+        """
+        state = copy.deepcopy(state)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])

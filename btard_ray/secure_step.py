@@ -10,24 +10,35 @@ evidence for the tribunal.
 Phases, each a round of actor calls (the step's sync points are the messages every peer
 needs before the next phase):
 
-    commit -> aggregate -> reveal (gather) -> project -> audit -> [tribunal] -> apply
+    commit -> aggregate + reveal -> gather + project + validate -> audit + apply (+ next commit)
+           [-> rollback -> tribunal -> apply, only when somebody accused somebody]
+
+Three rounds per step in the common case: the last round also computes and commits the next
+step's gradient on the new weights (the driver then only collects it). The reveals travel with the aggregate reports (the relay
+hands out neither before all are in, so no aggregator knows r_{t+1} when its aggregate is
+fixed); the validators re-compute in the round that opens r_{t+1}; and the projection check
+is a deterministic function of relayed messages, so every honest peer reaches the same
+finding and may apply the step in the same call. When anybody accuses, the peers that
+applied roll back to w_t, the tribunal judges at w_t, and everybody applies the judged
+update (with replaced aggregates, or none when a forged gradient was found).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import ray
 from ray.actor import ActorHandle
 
 from btard_ray.butterfly import StepOutcome
 from btard_ray.messages import Message, MessageError, MessageVerifier
-from btard_ray.peer_protocol import reveal_nonce
+from btard_ray.config import JobConfig
+from btard_ray.peer_protocol import audit_pairs, reported_distances, reveal_nonce
 from btard_ray.protocol.randomness import next_seed
 
-SECURE_PHASES = ("commit", "aggregate", "reveal", "project", "audit", "tribunal", "apply")
+SECURE_PHASES = ("commit", "aggregate", "project", "audit", "tribunal", "apply")
 
 
 @dataclass
@@ -37,6 +48,8 @@ class SecureOutcome(StepOutcome):
     next_seed: bytes = b""
     bans: list[dict[str, Any]] = field(default_factory=list)
     accusations: int = 0
+    skipped: bool = False
+    next_commits: Any = None  # the next step's round 1, issued with this step (see run_secure_step)
     rejected: list[str] = field(default_factory=list)
     protocol_bytes: int = 0
 
@@ -68,8 +81,38 @@ class Relay:
         return [r for r in (self.accept(pid, raw, step, kind) for raw in raws) if r is not None]
 
 
+def _parsed(raw: dict | None) -> Message | None:
+    return None if raw is None else Message.from_dict(raw)
+
+
+@dataclass
+class Commits:
+    """Round 1 of step ``step`` as issued to the peers: refs to their parts (owned by the
+    driver), signed commitments and stats. Step t+1's are issued inside step t's last round."""
+
+    step: int
+    members: list[int]
+    parts: dict[int, list[ray.ObjectRef]]
+    commitments: dict[int, ray.ObjectRef]
+    stats: dict[int, ray.ObjectRef]
+
+    @classmethod
+    def from_returns(cls, step: int, members: list[int], returns: Mapping[int, Sequence[ray.ObjectRef]]) -> "Commits":
+        """From each peer's ``commit`` returns (n parts, commitment, stats), in that order."""
+        n = len(members)
+        return cls(step, list(members), {p: list(returns[p][:n]) for p in members},
+                   {p: returns[p][n] for p in members}, {p: returns[p][n + 1] for p in members})
+
+
+def issue_commits(peers: Mapping[int, ActorHandle], members: list[int], step: int, seed: bytes) -> Commits:
+    """Round 1 on its own: every member computes, splits and commits its gradient."""
+    n = len(members)
+    returns = {pid: peers[pid].commit.options(num_returns=n + 2).remote(step, members, seed) for pid in members}
+    return Commits.from_returns(step, members, returns)
+
+
 def run_secure_step(
-    job: str,
+    cfg: JobConfig,
     peers: Mapping[int, ActorHandle],
     members: list[int],
     keys: Mapping[int, str],
@@ -77,8 +120,18 @@ def run_secure_step(
     seed: bytes,
     tribunal: ActorHandle,
     check_weights: bool,
+    committed: Commits | None = None,
+    prefetch: bool = False,
 ) -> SecureOutcome:
-    """Run one defended step over ``members`` with shared seed r_t = ``seed``."""
+    """Run one defended step of job ``cfg`` over ``members`` with shared seed r_t = ``seed``.
+
+    ``committed``: this step's round 1 if it was issued with the previous step (used only if
+    it is for this step and these members). ``prefetch``: issue the next step's round 1 in
+    this step's last round; the outcome's ``next_commits`` holds it when the step went
+    through without accusations (otherwise the weights or the membership change first).
+    """
+    assert cfg.name is not None
+    job = cfg.name
     t_start = time.perf_counter()
     n = len(members)
     relay = Relay(job, keys)
@@ -91,65 +144,88 @@ def run_secure_step(
 
     # 1. compute and commit: parts stay in the object store, owned by the driver.
     t = time.perf_counter()
-    committed = {pid: peers[pid].commit.options(num_returns=n + 2).remote(step, members, seed) for pid in members}
-    part_refs = {pid: list(committed[pid][:n]) for pid in members}
-    raw_commits = ray.get([committed[p][n] for p in members])
+    if committed is None or committed.step != step or committed.members != members:
+        committed = issue_commits(peers, members, step, seed)
+    part_refs = committed.parts
+    raw_commits = ray.get([committed.commitments[p] for p in members])
     commitments = {p: relay.accept(p, raw, step, "commitment") for p, raw in zip(members, raw_commits)}
-    compute_stats = dict(zip(members, ray.get([committed[p][n + 1] for p in members])))
+    compute_stats = dict(zip(members, ray.get([committed.stats[p] for p in members])))
     t = timed("commit", t)
 
-    # 2. scatter and aggregate part j at member j.
+    # 2. scatter and aggregate part j at member j; the reveals travel with the reports.
     aggregated = {}
     for j, pid in enumerate(members):
         refs = [None if src == pid else part_refs[src][j] for src in members]
-        aggregated[pid] = peers[pid].secure_aggregate.options(num_returns=4).remote(step, refs, commitments)
+        aggregated[pid] = peers[pid].aggregate_reveal.options(num_returns=5).remote(step, refs, commitments)
     agg_refs = {pid: aggregated[pid][0] for pid in members}
     reports = {p: relay.accept(p, raw, step, "aggregate_report")
                for p, raw in zip(members, ray.get([aggregated[p][1] for p in members]))}
+    reveals = {p: relay.accept(p, raw, step, "reveal")
+               for p, raw in zip(members, ray.get([aggregated[p][2] for p in members]))}
     accusations: list[dict] = []
-    for p, raws in zip(members, ray.get([aggregated[p][2] for p in members])):
+    for p, raws in zip(members, ray.get([aggregated[p][3] for p in members])):
         accusations += relay.accept_all(p, raws, step, "accusation")
-    agg_stats = dict(zip(members, ray.get([aggregated[p][3] for p in members])))
+    agg_stats = dict(zip(members, ray.get([aggregated[p][4] for p in members])))
+    # (the relay has verified both messages' signatures)
+    new_seed = next_seed(seed, [reveal_nonce(reveals[p], commitments[p], job, keys[p], step, verify=False)
+                                for p in members])
     t = timed("aggregate", t)
 
-    # 3. gather the aggregates, check them against the reports, reveal the nonces.
-    revealed = {pid: peers[pid].reveal.options(num_returns=3).remote(
-        step, [None if a == pid else agg_refs[a] for a in members], reports) for pid in members}
-    reveals = {p: relay.accept(p, raw, step, "reveal")
-               for p, raw in zip(members, ray.get([revealed[p][0] for p in members]))}
-    for p, raws in zip(members, ray.get([revealed[p][1] for p in members])):
-        accusations += relay.accept_all(p, raws, step, "accusation")
-    gather_stats = dict(zip(members, ray.get([revealed[p][2] for p in members])))
-    new_seed = next_seed(seed, [reveal_nonce(reveals[p], commitments[p], job, keys[p], step) for p in members])
-    t = timed("reveal", t)
-
-    # 4. every peer's signed shares s_ij and distances for every part.
-    projected = {pid: peers[pid].project.options(num_returns=2).remote(step, reveals, commitments) for pid in members}
+    # 3. gather the aggregates, open r_{t+1}, sign the inner products, validate (each
+    # validator gets the parts of its targets, derived here exactly as the peers derive them).
+    pairs = audit_pairs(new_seed, members, cfg.aggregator.tau, cfg.protocol.validators, cfg.protocol.suspect_audits,
+                        reported_distances(members, {p: _parsed(r) for p, r in reports.items()}))
+    handed: dict[int, dict[int, list]] = {pid: {} for pid in members}
+    for validator, target in pairs:
+        handed[validator][target] = part_refs[target]
+    projected = {pid: peers[pid].gather_project.options(num_returns=3).remote(
+        step, [None if a == pid else agg_refs[a] for a in members], reports, reveals, commitments, handed[pid])
+        for pid in members}
     inner = {p: relay.accept(p, raw, step, "inner_products")
              for p, raw in zip(members, ray.get([projected[p][0] for p in members]))}
     for p, raws in zip(members, ray.get([projected[p][1] for p in members])):
         accusations += relay.accept_all(p, raws, step, "accusation")
+    gather_stats = dict(zip(members, ray.get([projected[p][2] for p in members])))
     t = timed("project", t)
 
-    # 5. check every aggregate, validate random peers.
-    audited = {pid: peers[pid].audit.remote(step, inner, reports, commitments, part_refs) for pid in members}
-    for p, raws in zip(members, ray.get([audited[p] for p in members])):
+    # 4. check every aggregate; with no accusation so far, peers that find nothing apply at
+    # once (and, with ``prefetch``, compute and commit the next step in the same call).
+    apply_now = not accusations
+    ahead = (members, new_seed) if prefetch and apply_now else None
+    returns = 2 + (n + 2 if ahead else 0)
+    audited = {pid: peers[pid].audit_apply.options(num_returns=returns).remote(
+        step, inner, reports, apply_now, check_weights, ahead) for pid in members}
+    for p, raws in zip(members, ray.get([audited[p][0] for p in members])):
         accusations += relay.accept_all(p, raws, step, "accusation")
+    apply_stats = dict(zip(members, ray.get([audited[p][1] for p in members])))
+    next_commits = None
+    if ahead and not accusations and all(stats is not None for stats in apply_stats.values()):
+        next_commits = Commits.from_returns(step + 1, members, {p: audited[p][2:] for p in members})
     t = timed("audit", t)
 
-    # 6. judge (only when somebody accused somebody).
+    # 5. judge (only when somebody accused somebody), then (re-)apply from w_t everywhere.
     verdict: dict[str, Any] = {"bans": [], "replacements": {}}
+    skipped = False
     if accusations:
+        # Judges re-compute at w_t: undo the update where a peer already took it.
+        ray.get([peers[p].rollback.remote(step) for p in members if apply_stats[p] is not None])
         ctx = {"members": members, "keys": dict(keys), "part_refs": part_refs, "agg_refs": agg_refs,
                "commitments": commitments, "reports": reports, "reveals": reveals, "inner": inner,
                "rejected": relay.rejected}
         verdict = ray.get(tribunal.judge.remote(step, accusations, ctx, dict(peers)))
-    t = timed("tribunal", t)
-
-    # 7. update with the aggregates (judges' replacements substituted).
-    applied = {pid: peers[pid].secure_apply.remote(step, verdict["replacements"], check_weights) for pid in members}
-    apply_stats = dict(zip(members, ray.get([applied[p] for p in members])))
-    timed("apply", t)
+        skipped = any(b["reason"] == "wrong_gradient" for b in verdict["bans"])
+        t = timed("tribunal", t)
+        applied = {pid: peers[pid].secure_apply.remote(step, verdict["replacements"], skipped, check_weights)
+                   for pid in members}
+        apply_stats = dict(zip(members, ray.get([applied[p] for p in members])))
+        timed("apply", t)
+    elif any(stats is None for stats in apply_stats.values()):
+        # A peer held back without a valid accusation (its accusation did not verify): it
+        # still takes the step everybody else took.
+        late = [p for p in members if apply_stats[p] is None]
+        for p, stats in zip(late, ray.get([peers[p].secure_apply.remote(step, {}, False, check_weights)
+                                           for p in late])):
+            apply_stats[p] = stats
 
     merged = {p: {**compute_stats[p], **agg_stats[p], **gather_stats[p], **apply_stats[p]} for p in members}
     return SecureOutcome(
@@ -161,6 +237,8 @@ def run_secure_step(
         next_seed=new_seed,
         bans=verdict["bans"],
         accusations=len(accusations),
+        skipped=skipped,
+        next_commits=next_commits,
         rejected=relay.rejected,
         phase_s=phase,
         bytes_per_peer=sum(m["scatter_bytes"] + m["gather_bytes"] for m in merged.values()) / n,

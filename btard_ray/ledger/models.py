@@ -21,10 +21,12 @@ from typing import Any
 from sqlalchemy import CheckConstraint, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: What can happen to a peer, or to the job, in the order of a peer's life.
+#: What can happen to a peer, or to the job, in the order of a peer's life. ``job_resumed``:
+#: the job's driver restarted from a checkpoint (``btard resume``); its details name the
+#: step, the checkpoint's chain head and the membership's new public keys.
 EVENT_KINDS: frozenset[str] = frozenset({
     "job_started", "admitted", "probation_passed", "probation_failed", "promoted",
-    "accused", "verdict", "banned", "left", "dropped", "job_finished",
+    "accused", "verdict", "banned", "left", "dropped", "job_resumed", "job_finished",
 })
 
 #: Keys of ``details`` that hold lists of signed messages (as ``Message.to_dict`` dicts).

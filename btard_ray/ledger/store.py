@@ -333,6 +333,11 @@ class Ledger:
         with self._session("read") as session:
             return sorted(session.scalars(select(Event.peer).where(Event.peer.is_not(None)).distinct()))
 
+    def event_at(self, seq: int) -> Event | None:
+        """The event at position ``seq`` of the chain (None when there is none)."""
+        with self._session("read") as session:
+            return session.scalars(select(Event).where(Event.seq == seq)).first()
+
     def head(self) -> ChainHead | None:
         """The chain head row (None for an empty ledger)."""
         with self._session("read") as session:

@@ -14,13 +14,14 @@ import math
 import numbers
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from .randomness import derive_int
 
-__all__ = ["GradientComparison", "choose_validators", "compare_gradients"]
+__all__ = ["GradientComparison", "choose_suspect_validators", "choose_validators", "clipped_suspects",
+           "compare_gradients"]
 
 _TINY = 2.0**-1022  # smallest normal float64: the denominator floor of a relative error
 _DERIVE_RANGE = 1 << 63  # derive_int gives integers in [0, 2**63)
@@ -73,6 +74,58 @@ def choose_validators(
         order[k], order[j] = order[j], order[k]
     offset = 1 + _uniform_below(shared, "validators/offset", p - 1)
     return [(order[k], order[(k + offset) % p]) for k in range(count)]
+
+
+def clipped_suspects(
+    members: Sequence[str], reported: Sequence[Sequence[Optional[float]]], tau: float, limit: int,
+    spread: float = 3.0,
+) -> list[str]:
+    """The members whose parts CenteredClip clipped as outliers, most clipped first, at most ``limit``.
+
+    ``reported[j][i]`` is the distance d_ij = ‖g_i[j] − x_j‖ that aggregator j reported for
+    member i (``None``: the part was excluded for not matching its commitment, which is
+    accused on its own; ``inf``: a non-finite part, which CenteredClip gave no weight).
+    Member i is a suspect when, in some part j,
+
+        d_ij > τ   and   d_ij > spread · median_i(d_ij)
+
+    i.e. the aggregate took its part with weight c_ij = τ/d_ij < 1 *and* it lies far outside
+    its peers' spread. With an honest majority the median is an honest distance, so a forged
+    gradient (sign flip, large noise, NaN) is a suspect while honest peers of a model whose
+    gradients are simply large (every d_ij > τ) are not re-computed for nothing. Ranked by
+    max_j d_ij, ties by id, so every peer derives the same list from the same reports. A
+    reported distance is checked later by the projection check, so an aggregator that lies
+    about distances to steer the audits is itself caught.
+    """
+    worst: dict[str, float] = {}
+    for row in reported:
+        known = sorted(d for d in row if d is not None)
+        if not known:
+            continue
+        median = known[(len(known) - 1) // 2]  # the lower median: an honest distance when most are
+        for pid, d in zip(members, row):
+            if d is not None and d > tau and d > spread * median:  # inf: a non-finite row
+                worst[pid] = max(worst.get(pid, 0.0), float(d))
+    ranked = sorted(worst, key=lambda pid: (-worst[pid], pid))
+    return ranked[: max(limit, 0)]
+
+
+def choose_suspect_validators(shared: bytes, members: Sequence[str], suspects: Sequence[str]
+                              ) -> list[tuple[str, str]]:
+    """One (validator, suspect) pair per suspect, the validator drawn from the shared seed.
+
+    validator_k is uniform over sorted(members) − {suspect_k}, by
+    ``derive_int(shared, "validators/suspect", k, attempt)``; the seed r_{t+1} did not exist
+    when the gradients were committed, so a suspect cannot pick a colluding validator.
+    """
+    eligible = sorted(members)
+    pairs = []
+    for k, suspect in enumerate(suspects):
+        others = [p for p in eligible if p != suspect]
+        if not others:
+            continue
+        pairs.append((others[_uniform_below(shared, "validators/suspect", len(others), k)], suspect))
+    return pairs
 
 
 @dataclass(frozen=True)
