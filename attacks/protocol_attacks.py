@@ -98,13 +98,8 @@ class Replay(Attack):
     """Re-send, instead of each signed message of step t, the message of the same kind it
     sent at its latest earlier active step (its honest message while it has none).
 
-    Needs the ``outgoing`` hook, which the peer does not call yet. The one call it needs,
-    in ``PeerProtocol.sign`` (every signed message of a peer passes through it)::
-
-        raw = sign_message(self.identity, self.job, step, kind, payload).to_dict()
-        return self.attack.outgoing(step, kind, raw) if self._attacking(step) else raw
-
-    Expected outcome: every message names its step, so the relay's verifier refuses the
+    Uses the ``outgoing`` hook, which ``PeerProtocol.sign`` calls for every signed message
+    of an attacking peer. Outcome: every message names its step, so the relay's verifier refuses the
     replayed commitment (wrong step), its slot stays empty, every aggregator excludes the
     replayer's part and accuses it of ``bad_commitment``, and the judges (who find no valid
     commitment) ban it for that.

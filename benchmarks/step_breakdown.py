@@ -88,16 +88,18 @@ def run_setting(name: str, overrides: list[str], workdir: Path) -> dict:
 
 def to_markdown(rows: list[dict], command: str, note: str) -> str:
     by_name = {r["setting"]: r for r in rows}
+    commands = list(dict.fromkeys(r.get("command", command) for r in rows))
     lines = [
         "# Step time breakdown, exchange volume and the cost of the defence",
         "",
-        f"Command: `{command}`  ",
+        "Commands (each row records the one that produced it): " + "; ".join(f"`{c}`" for c in commands) + "  ",
         f"Machine: {platform.machine()}, {__import__('os').cpu_count()} cores shared by all 6 peers, "
         f"torch {torch.__version__}, ray {ray.__version__}, CPU only, 1 torch thread per peer.  ",
         "Times are means over peers and steady steps (the first 10% of steps, at most 5, are warm-up). "
         "In plain mode `*_wait` is time an actor waited for other peers' results (on a shared 2-core "
         "machine: their compute) and `*_fetch` the time to move the bytes; in btard mode the phases are "
-        "the driver's wall time per round of actor calls. Bytes are the payload a peer fetched from the "
+        "the driver's wall time per round of actor calls (the next step's compute and commit run inside `audit`, "
+        "so `commit` is only the collection of results). Bytes are the payload a peer fetched from the "
         "object store; protocol bytes are the signed messages the driver relayed per step (all peers).  ",
         note,
         "",
@@ -154,15 +156,15 @@ def main() -> None:
                 print(f"running {name} ({rep + 1}/{args.repeat}) ...", flush=True)
                 samples[name].append(run_setting(name, overrides, work / f"rep{rep}"))
                 print(json.dumps(samples[name][-1], indent=1), flush=True)
-    rows = [_median_row(samples[name]) for name in names]
+    command = "python benchmarks/step_breakdown.py" + "".join(f" --only {n}" for n in (args.only or []))
+    if args.repeat > 1:
+        command += f" --repeat {args.repeat}"
+    rows = [{**_median_row(samples[name]), "command": command} for name in names]
     # Settings not run this time keep their last recorded row.
     recorded = args.out / "step_breakdown.json"
     if recorded.is_file():
         kept = [r for r in json.loads(recorded.read_text()) if r["setting"] not in samples]
         rows = sorted(kept + rows, key=lambda r: list(SETTINGS).index(r["setting"]))
-    command = "python benchmarks/step_breakdown.py" + "".join(f" --only {n}" for n in (args.only or []))
-    if args.repeat > 1:
-        command += f" --repeat {args.repeat}"
     args.out.mkdir(parents=True, exist_ok=True)
     recorded.write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "step_breakdown.md").write_text(to_markdown(rows, command, note))

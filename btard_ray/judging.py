@@ -14,13 +14,14 @@ import torch
 from btard_ray.aggregation import centered_clip
 from btard_ray.peer_protocol import (
     PeerProtocol,
+    share_claim_ok,
     aggregate_digest,
     effective_eps,
     gradient_problem,
     reveal_nonce,
 )
 from btard_ray.protocol.commitments import part_digest
-from btard_ray.protocol.projection import peer_share, projection_vector
+from btard_ray.protocol.projection import distances_agree, projection_vector
 from btard_ray.verdicts import CASE_REASON, EXCUSED, FALSE_SHARE
 
 def judge_case(proto: PeerProtocol, step: int, case: Mapping[str, Any], ctx: Mapping[str, Any],
@@ -47,6 +48,15 @@ def judge_case(proto: PeerProtocol, step: int, case: Mapping[str, Any], ctx: Map
             commit.payload["parts"][j] != part_digest(proto.job, step, str(accused), j, sent[j]) for j in range(len(sent))
         )
         return ({accused: CASE_REASON[kind]} if bad else {}), None
+    if kind == "inner_products":
+        msg = proto.valid(ctx["inner"].get(accused), accused, step, "inner_products")
+        st = proto._state(step)
+        assert st.next_seed is not None
+        sent: list[torch.Tensor] = fetched["sent"]
+        lied = msg is None or not all(
+            share_claim_ok(msg, j, part, st.aggregates[j], projection_vector(st.next_seed, j, part.numel()), proto.tau)
+            for j, part in enumerate(sent))
+        return ({accused: CASE_REASON[kind]} if lied else {}), None
     if kind == "wrong_gradient":
         problem = gradient_problem(proto, step, accused, fetched["sent"], ctx["commitments"].get(accused))
         return ({accused: problem[0]} if problem else {}), None
@@ -58,12 +68,29 @@ def judge_case(proto: PeerProtocol, step: int, case: Mapping[str, Any], ctx: Map
 def objects_needed(case: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, Any]:
     """The object refs a judge must fetch for ``case`` (resolved by the actor)."""
     kind, accused = case["case"], int(case["accused"])
-    if kind in ("bad_commitment", "wrong_gradient"):
+    if kind in ("bad_commitment", "wrong_gradient", "inner_products"):
         return {"sent": ctx["part_refs"][accused]}
     if kind == "aggregate_check":
         j = ctx["members"].index(accused)
         return {"rows": [ctx["part_refs"][pid][j] for pid in ctx["members"]], "x": ctx["agg_refs"][accused]}
     return {}
+
+
+def _reported_distances_true(report: Any, members: list[int], rows: list[torch.Tensor], excluded: list[int],
+                             x: torch.Tensor, rtol: float) -> bool:
+    """The aggregator's signed distances are ‖g_i[j] − x_j‖ of the real rows (None: excluded)."""
+    reported = report.payload.get("distances", [])
+    if not isinstance(reported, list) or len(reported) != len(members):
+        return False
+    for pid, row, claimed in zip(members, rows, reported):
+        if pid in excluded:
+            continue
+        true = float((row.double() - x.double()).norm())
+        claimed_f = math.inf if claimed is None else claimed
+        if not isinstance(claimed_f, (int, float)) or not distances_agree(true if math.isfinite(true) else math.inf,
+                                                                          float(claimed_f), rtol):
+            return False
+    return True
 
 
 def _judge_aggregate(proto: PeerProtocol, step: int, aggregator: int, j: int, ctx: Mapping[str, Any],
@@ -94,6 +121,11 @@ def _judge_aggregate(proto: PeerProtocol, step: int, aggregator: int, j: int, ct
         or not bool(torch.isfinite(x).all())
         or float((x.double() - expected.double()).norm()) > tolerance
     )
+    if not wrong and report is not None and not _reported_distances_true(report, members, rows, excluded, x,
+                                                                         proto.cfg.protocol.distance_rtol):
+        # A right aggregate with wrong distances still breaks every honest peer's check (and
+        # would steer the suspect audits): the report is what is wrong. Nothing to replace.
+        guilty[aggregator] = CASE_REASON["aggregate_check"]
     if wrong:
         guilty[aggregator] = CASE_REASON["aggregate_check"]
     # A peer whose signed share or distance for part j is not what its part gives is lying
@@ -106,13 +138,7 @@ def _judge_aggregate(proto: PeerProtocol, step: int, aggregator: int, j: int, ct
         msg = proto.valid(ctx["inner"].get(pid), pid, step, "inner_products")
         if msg is None:
             continue
-        share, dist = peer_share(row, x, z, proto.tau)
-        claimed_s = float(msg.payload["shares"][j])
-        claimed_d = msg.payload["distances"][j]
-        claimed_d = math.inf if claimed_d is None else float(claimed_d)
-        scale = float(z.double().norm()) * max(dist, 1e-30) if math.isfinite(dist) else 1.0
-        if not (math.isclose(share, claimed_s, rel_tol=1e-9, abs_tol=1e-12 * scale)
-                and (dist == claimed_d or math.isclose(dist, claimed_d, rel_tol=1e-9))):
+        if not share_claim_ok(msg, j, row, x, z, proto.tau):
             guilty[pid] = FALSE_SHARE
     if not guilty and recomputed.residual_norm > effective_eps(cfg.eps, expected):
         # The honest CenteredClip itself stopped short of the residual bound (max_iters):

@@ -92,6 +92,7 @@ class StepState:
     aggregates: dict[int, torch.Tensor] = field(default_factory=dict)  # part index -> x_j
     next_seed: bytes | None = None
     z_norms: dict[int, float] = field(default_factory=dict)  # part index -> ‖z_j‖ (for the check)
+    validated: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # honest targets' sent parts
 
 
 class PeerProtocol:
@@ -297,11 +298,14 @@ class PeerProtocol:
     def validate(self, step: int, target_parts: Mapping[int, Sequence[torch.Tensor]],
                  commitments: Mapping[int, Any]) -> list[dict]:
         """Re-compute each target's gradient at w_t and compare with what it sent."""
+        st = self._state(step)
         accusations = []
         for target, sent in target_parts.items():
             problem = gradient_problem(self, step, target, sent, commitments.get(target))
             if problem is not None:
                 accusations.append(self.accuse(step, target, problem[0], why=problem[1]))
+            else:  # its inner products are checked against these parts in the audit
+                st.validated[target] = list(sent)
         return accusations
 
     # -- 4. audit -------------------------------------------------------------------------------
@@ -323,9 +327,24 @@ class PeerProtocol:
             report = self.valid(reports.get(aggregator), aggregator, step, "aggregate_report")
             if report is None:
                 continue  # already accused when the aggregates were gathered
+            if self.me in report.payload.get("excluded", []) and aggregator != self.me and not st.attacking:
+                # This peer sent exactly the part it committed to: excluding it is the
+                # aggregator's lie (it would also zero this peer's share in the check).
+                accusations.append(self.accuse(step, aggregator, "aggregate_check", part=j, why="excluded me"))
+                continue
             check = aggregate_check_for(self, j, st, report, messages)
             if check is not None and not check.ok:
                 accusations.append(self.accuse(step, aggregator, "aggregate_check", part=j, why=check.reason))
+        # A validated peer's signed shares and distances must be those of the parts it sent:
+        # otherwise an aggregator could cancel a shifted aggregate with its own share.
+        for target, sent in st.validated.items():
+            msg = messages.get(target)
+            bad = [j for j, part in enumerate(sent)
+                   if msg is not None and not share_claim_ok(msg, j, part, st.aggregates[j],
+                                                             projection_vector(st.next_seed, j, part.numel()),
+                                                             self.tau)]
+            if bad:
+                accusations.append(self.accuse(step, target, "inner_products", part=bad[0], why="shares"))
         if st.attacking:
             for claim in self.attack.false_claims(step, self.me, st.members):  # type: ignore[union-attr]
                 accusations.append(self.accuse(step, claim.accused, claim.case, why="made up"))
@@ -374,6 +393,21 @@ def audit_pairs(seed: bytes, members: Sequence[int], tau: float, validators: int
 
 
 # -- checks shared by auditing peers and judges ------------------------------------------------
+
+
+def share_claim_ok(msg: Message, j: int, row: torch.Tensor, x: torch.Tensor, z: torch.Tensor, tau: float) -> bool:
+    """Is the share and distance ``msg`` (signed inner products) claims for part j those of
+    ``row``, the part its sender sent? (float64 re-computation, relative 1e-9.)"""
+    share, dist = peer_share(row, x, z, tau)
+    try:
+        claimed_s = float(msg.payload["shares"][j])
+        claimed_d = msg.payload["distances"][j]
+        claimed_d = math.inf if claimed_d is None else float(claimed_d)
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError):
+        return False
+    scale = float(z.double().norm()) * max(dist, 1e-30) if math.isfinite(dist) else 1.0
+    return (math.isclose(share, claimed_s, rel_tol=1e-9, abs_tol=1e-12 * scale)
+            and (dist == claimed_d or math.isclose(dist, claimed_d, rel_tol=1e-9)))
 
 
 def valid_message(raw: Any, job: str, key: str | None, step: int, kind: str, verify: bool = True

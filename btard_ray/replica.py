@@ -152,3 +152,10 @@ class Replica:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # The optimizer's saved lr was set for the old length (0 at the end of a finished
+        # cosine run): take the new schedule's value at the resumed step.
+        from btard_ray.optim import lr_factor
+
+        factor = lr_factor(self.scheduler.last_epoch, self.cfg.steps, self.cfg.optimizer)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor

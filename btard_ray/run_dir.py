@@ -147,7 +147,7 @@ class RunDir:
         """Drop the metrics lines of steps after ``step`` (written before a crash, redone on resume)."""
         path = self.path / METRICS
         kept = [line for line in (path.read_text().splitlines() if path.is_file() else [])
-                if line.strip() and json.loads(line)["step"] <= step]
+                if _step_of(line) is not None and _step_of(line) <= step]  # type: ignore[operator]
         _write_atomic(path, "".join(line + "\n" for line in kept))
 
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -162,6 +162,16 @@ class RunDir:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no summary (the run did not finish?)")
         return json.loads(path.read_text())
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics line; None for a line a killed driver left half-written."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -34,6 +34,7 @@ from ray.actor import ActorHandle
 
 from btard_ray.butterfly import StepOutcome
 from btard_ray.messages import Message, MessageError, MessageVerifier
+from btard_ray.payloads import payload_problem
 from btard_ray.config import JobConfig
 from btard_ray.peer_protocol import audit_pairs, reported_distances, reveal_nonce
 from btard_ray.protocol.randomness import next_seed
@@ -55,11 +56,14 @@ class SecureOutcome(StepOutcome):
 
 
 class Relay:
-    """Checks each message once before relaying it; remembers what it rejected and why."""
+    """Checks each message once before relaying it (signature, job, step, kind, replay, the
+    sender's key, the payload's shape: :mod:`btard_ray.payloads`); remembers what it rejected
+    and why."""
 
-    def __init__(self, job: str, keys: Mapping[int, str]) -> None:
+    def __init__(self, job: str, keys: Mapping[int, str], members: Sequence[int]) -> None:
         self.verifier = MessageVerifier(job)
         self.keys = keys
+        self.members = list(members)
         self.rejected: list[str] = []
         self.bytes = 0
 
@@ -73,6 +77,10 @@ class Relay:
             return None
         if msg.sender != self.keys.get(pid):
             self.rejected.append(f"peer {pid}: {kind} signed by another key {msg.sender[:16]}")
+            return None
+        problem = payload_problem(kind, msg.payload, self.members, pid)
+        if problem is not None:
+            self.rejected.append(f"peer {pid}: malformed {kind}: {problem}")
             return None
         self.bytes += len(msg.canonical_bytes()) + 64
         return raw
@@ -134,7 +142,7 @@ def run_secure_step(
     job = cfg.name
     t_start = time.perf_counter()
     n = len(members)
-    relay = Relay(job, keys)
+    relay = Relay(job, keys, members)
     phase: dict[str, float] = {}
 
     def timed(name: str, t0: float) -> float:

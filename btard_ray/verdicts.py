@@ -24,6 +24,7 @@ CASE_REASON = {
     "aggregate_check": "wrong_aggregate",
     "withheld_reveal": "withheld_reveal",
     "bad_message": "bad_message",
+    "inner_products": "false_inner_product",
 }
 FALSE_ACCUSATION = "false_accusation"
 FALSE_SHARE = "false_inner_product"

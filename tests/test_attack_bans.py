@@ -15,7 +15,7 @@ step 5 on: (2/3)^35 ≈ 7e-7): below 1e-5 for the whole module. Steps are cheap 
 starting six peer actors (~0.15 s a step against ~25 s), so the margin comes from more
 steps, while two validators stay close to the default of one.
 
-Detection steps and reasons are collected in ``DETECTED`` and printed at the end (``-s``).
+Detection steps and reasons are collected in ``DETECTED`` and printed after the module (``-s``).
 
 ``test_a_users_attack_runs_in_the_peer_actors``: a user's attack module outside the package,
 found by the peer actors through ``PYTHONPATH``. Ray workers import from the environment
@@ -114,10 +114,11 @@ def test_a_users_attack_runs_in_the_peer_actors(tmp_path):
         (summary["attackers"][0], 0, "wrong_gradient")]
 
 
-def test_report_detection_steps():
-    """Prints the step each attack was caught at (run the module with ``-s`` to see it)."""
-    if not DETECTED:
-        pytest.skip("no attack ran in this session")
-    print("\nattack               banned at step   reason")
-    for attack, (step, reason) in sorted(DETECTED.items()):
-        print(f"{attack:<20} {step:>15}   {reason}")
+@pytest.fixture(scope="module", autouse=True)
+def _report_detection_steps():
+    """After the module: the step each attack was caught at (shown with ``-s``)."""
+    yield
+    if DETECTED:
+        print("\nattack               banned at step   reason")
+        for attack, (step, reason) in sorted(DETECTED.items()):
+            print(f"{attack:<20} {step:>15}   {reason}")

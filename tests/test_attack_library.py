@@ -336,16 +336,9 @@ def test_replay_resends_an_earlier_message_and_is_refused(replica):
     assert attack.outgoing(1, "commitment", {"step": 1, "kind": "commitment", "n": 2}) is first
     assert attack.outgoing(2, "commitment", {"step": 2})["n"] == 2  # the latest earlier one
 
-    # Wired as its docstring says (a wrapper around PeerProtocol.sign), in a real step:
+    # In a real step (PeerProtocol.sign passes every signed message through ``outgoing``):
     peers = _protocols(replica, {ME: "replay"})
     attacker = peers[ME]
-    plain_sign = attacker.sign
-
-    def sign(step, kind, payload):
-        raw = plain_sign(step, kind, payload)
-        return attacker.attack.outgoing(step, kind, raw) if attacker._attacking(step) else raw
-
-    attacker.sign = sign  # type: ignore[method-assign]
     seed = initial_seed("lib", 0)
     assert _run_step(peers, 0, seed)["accusations"] == []
     said = _run_step(peers, 1, seed)

@@ -17,6 +17,8 @@ from attacks.registry import make_attack
 from btard_ray.config import load_config
 from btard_ray.identity import Identity
 from btard_ray.messages import Message
+from btard_ray.judging import judge_case
+from btard_ray.payloads import payload_problem
 from btard_ray.peer_protocol import PeerProtocol
 from btard_ray.protocol.randomness import initial_seed
 from btard_ray.protocol.validation import choose_suspect_validators, clipped_suspects
@@ -38,8 +40,10 @@ def _peers(n: int = 6, attackers: dict[int, str] | None = None, overrides: tuple
     return peers
 
 
-def _step(peers: list[PeerProtocol], step: int, seed: bytes) -> dict:
-    """Phases 1-4 of one step, every message handed to every peer; returns what was said."""
+def _step(peers: list[PeerProtocol], step: int, seed: bytes, tamper=None, tamper_inner=None) -> dict:
+    """Phases 1-4 of one step, every message handed to every peer; returns what was said.
+
+    ``tamper(reports)`` may replace aggregate reports before anybody sees them."""
     members = [p.me for p in peers]
     committed = {p.me: p.commit(step, members, seed) for p in peers}
     commitments = {pid: c[1] for pid, c in committed.items()}
@@ -49,6 +53,8 @@ def _step(peers: list[PeerProtocol], step: int, seed: bytes) -> dict:
         x, report, acc = p.aggregate(step, rows, commitments)
         aggregates[p.me], reports[p.me], reveals[p.me] = x, report, p.reveal(step)
         accusations += acc
+    if tamper is not None:
+        tamper(reports)
     inner, targets = {}, {}
     for p in peers:
         accusations += p.check_aggregates(step, aggregates, reports)
@@ -56,10 +62,70 @@ def _step(peers: list[PeerProtocol], step: int, seed: bytes) -> dict:
         inner[p.me] = p.project(step)
         targets[p.me] = p.validation_targets(step, reports)
         accusations += p.validate(step, {t: committed[t][0] for t in targets[p.me]}, commitments)
+    if tamper_inner is not None:
+        tamper_inner(inner)
     for p in peers:
         accusations += p.audit(step, inner, reports)
-    return {"accusations": accusations, "targets": targets, "reports": reports,
-            "seed": peers[0].state.next_seed}
+    return {"accusations": accusations, "targets": targets, "reports": reports, "inner": inner,
+            "commitments": commitments, "reveals": reveals, "aggregates": aggregates,
+            "parts": {pid: c[0] for pid, c in committed.items()}, "seed": peers[0].state.next_seed}
+
+
+def _judge(peer: PeerProtocol, step: int, said: dict, accused: int) -> dict:
+    """One judge's finding on an aggregate_check case against ``accused``."""
+    members = [0, 1, 2, 3, 4, 5]
+    j = members.index(accused)
+    ctx = {"members": members, "reports": said["reports"], "commitments": said["commitments"],
+           "inner": said["inner"], "reveals": said["reveals"]}
+    fetched = {"rows": [said["parts"][pid][j] for pid in members], "x": said["aggregates"][accused]}
+    guilty, _ = judge_case(peer, step, {"case": "aggregate_check", "accused": accused}, ctx, fetched)
+    return guilty
+
+
+def _relie(peers: list[PeerProtocol], who: int, step: int, change) -> callable:
+    """A tamper that re-signs ``who``'s report after ``change(payload)``."""
+    def tamper(reports):
+        payload = dict(Message.from_dict(reports[who]).payload)
+        change(payload)
+        reports[who] = peers[who].sign(step, "aggregate_report", payload)
+    return tamper
+
+
+@pytest.mark.parametrize("lie", ["distance", "exclusion"])
+def test_a_report_that_lies_is_accused_and_its_author_found_guilty(lie):
+    """A right aggregate under a wrong report (a made-up distance, or an honest peer listed as
+    excluded) is the aggregator's fault, never its accusers'."""
+    peers = _peers()
+
+    def change(payload):
+        if lie == "distance":
+            payload["distances"] = [d * 100 if i == 0 else d for i, d in enumerate(payload["distances"])]
+        else:
+            payload["excluded"] = [0]
+
+    said = _step(peers, 0, initial_seed("pp", 0), tamper=_relie(peers, 2, 0, change))
+    cases = {(a["accused_peer"], a["case"]) for a in (Message.from_dict(r).payload for r in said["accusations"])}
+    assert cases == {(2, "aggregate_check")}
+    for judge in (peers[1], peers[4]):
+        assert _judge(judge, 0, said, 2) == {2: "wrong_aggregate"}
+
+
+def test_the_relay_rejects_malformed_payloads():
+    members = [0, 1, 2]
+    good = {"part": 1, "digest": "d", "distances": [0.5, None, 1.0], "excluded": []}
+    assert payload_problem("aggregate_report", good, members, 1) is None
+    for bad in ({**good, "distances": ["x", 1, 2]}, {**good, "distances": [10**400, 1, 2]},
+                {**good, "excluded": [[0]]}, {**good, "excluded": [7]}, {**good, "part": 0}):
+        assert payload_problem("aggregate_report", bad, members, 1) is not None, bad
+    assert payload_problem("inner_products", {"shares": [1.0, 2, 3e300], "distances": [1, None, 0]}, members, 0) is None
+    assert "shares" in payload_problem("inner_products", {"shares": [1.0, float("nan"), 1], "distances": [1, 1, 1]},
+                                       members, 0)
+    accusation = {"case": "wrong_gradient", "accused_peer": 2, "accused": "k"}
+    assert payload_problem("accusation", accusation, members, 0) is None
+    assert "unknown case" in payload_problem("accusation", {**accusation, "case": "mischief"}, members, 0)
+    assert "another member" in payload_problem("accusation", accusation, members, 2)
+    assert "another member" in payload_problem("accusation", {**accusation, "accused_peer": 9}, members, 0)
+    assert "parts" in payload_problem("commitment", {"parts": ["ab"] * 3, "nonce": "0" * 64}, members, 0)
 
 
 def test_honest_step_has_no_accusations_and_replicas_agree():
@@ -150,3 +216,23 @@ def test_rollback_restores_weights_and_optimizer_bit_for_bit():
     assert replica.weight_hash() == twin.weight_hash()
     assert torch.equal(replica.optimizer.state_dict()["state"][0]["momentum_buffer"],
                        twin.optimizer.state_dict()["state"][0]["momentum_buffer"])
+
+
+def test_a_validated_peer_whose_shares_lie_is_accused_and_found_guilty():
+    """An aggregator could cancel a shifted aggregate with a made-up share of its own; the
+    validators re-compute their targets' shares from the parts they sent."""
+    peers = _peers(overrides=("protocol.validators=6",))  # everybody validates somebody
+
+    def forge(inner):
+        payload = dict(Message.from_dict(inner[2]).payload)
+        payload["shares"] = [s + (1.0 if j == 2 else 0.0) for j, s in enumerate(payload["shares"])]
+        inner[2] = peers[2].sign(0, "inner_products", payload)
+
+    said = _step(peers, 0, initial_seed("pp", 0), tamper_inner=forge)
+    cases = {(a["accused_peer"], a["case"]) for a in (Message.from_dict(r).payload for r in said["accusations"])}
+    assert (2, "inner_products") in cases
+    ctx = {"members": list(range(6)), "inner": said["inner"]}
+    guilty, _ = judge_case(peers[0], 0, {"case": "inner_products", "accused": 2}, ctx, {"sent": said["parts"][2]})
+    assert guilty == {2: "false_inner_product"}
+    honest, _ = judge_case(peers[0], 0, {"case": "inner_products", "accused": 3}, ctx, {"sent": said["parts"][3]})
+    assert honest == {}

@@ -247,7 +247,7 @@ def check_aggregate(
 
     invalid = [i for i in range(n) if not _plausible(shares[i], peer_distances[i], z_norm, tau, gamma)]
     mismatched = [
-        i for i in range(n) if not _distances_agree(peer_distances[i], reported_distances[i], dist_rtol)
+        i for i in range(n) if not distances_agree(peer_distances[i], reported_distances[i], dist_rtol)
     ]
     total = math.fsum(s for s in shares if math.isfinite(s))
     tolerance = aggregate_tolerance(n, eps, z_norm, shares, part_size=part_size, tau=tau)
@@ -280,7 +280,8 @@ def _plausible(share: float, dist: float, z_norm: float, tau: float, gamma: floa
     return abs(share) <= z_norm * min(dist, tau) * (1.0 + 8.0 * gamma) + 1e-300
 
 
-def _distances_agree(a: float, b: float, rtol: float) -> bool:
+def distances_agree(a: float, b: float, rtol: float) -> bool:
+    """Two distances agree: both inf, or within ``rtol`` relative (NaN never agrees)."""
     if math.isnan(a) or math.isnan(b):
         return False
     if math.isinf(a) or math.isinf(b):
