@@ -39,7 +39,6 @@ from btard_ray.config import JobConfig
 from btard_ray.peer_protocol import audit_pairs, reported_distances, reveal_nonce
 from btard_ray.protocol.randomness import next_seed
 
-SECURE_PHASES = ("commit", "aggregate", "project", "audit", "tribunal", "apply")
 
 
 @dataclass
