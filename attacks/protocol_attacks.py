@@ -129,8 +129,8 @@ class Late(Attack):
     (before publishing its aggregate), 2 = reveal.
 
     Lateness is not a ban reason: design §4 drops a silent peer after a timeout (not
-    banned). The driver has no such timeout yet, so the step simply waits; the attack
-    measures what a straggler costs.
+    banned). A delay under ``timeouts.phase_seconds`` only costs the step time; a longer
+    one gets the peer dropped and the step finishes without it.
     """
 
     name = "late"

@@ -21,6 +21,8 @@ from typing import Mapping
 import ray
 from ray.actor import ActorHandle
 
+from btard_ray.failures import gather, gather_surviving
+
 PHASES = ("compute_s", "scatter_wait_s", "scatter_fetch_s", "aggregate_s", "gather_wait_s", "gather_fetch_s", "update_s")
 
 
@@ -36,14 +38,25 @@ class StepOutcome:
     phase_s: dict[str, float] = field(default_factory=dict)  # mean over peers
     bytes_per_peer: float = 0.0  # mean payload bytes a peer fetched (scatter + gather)
     weight_hashes: dict[int, str] | None = None
+    # Peers that crashed or went silent in the step's last round: the step completed without
+    # them (a failure in an earlier round makes the driver run the step again instead).
+    dropped: dict[int, str] = field(default_factory=dict)
+    compute_s: float = 0.0  # mean seconds of one peer's gradient (the admission puzzle follows it)
 
     @property
     def mean_loss(self) -> float:
         return sum(self.losses.values()) / len(self.losses)
 
 
-def run_step(peers: Mapping[int, ActorHandle], members: list[int], step: int, check_weights: bool) -> StepOutcome:
-    """Run one synchronous butterfly step over ``members`` and wait for every update."""
+def run_step(peers: Mapping[int, ActorHandle], members: list[int], step: int, check_weights: bool,
+             timeout: float | None = None) -> StepOutcome:
+    """Run one synchronous butterfly step over ``members`` and wait for every update.
+
+    A peer that crashes or stays silent for ``timeout`` seconds raises
+    :class:`~btard_ray.failures.PeerFailure` when nobody applied the step (the driver runs
+    it again without that peer); when it failed in the apply round, everybody else has
+    applied the same update and the step completes without it (``dropped``).
+    """
     t0 = time.perf_counter()
     n = len(members)
     computed = {pid: peers[pid].compute.options(num_returns=n + 1).remote(step, members) for pid in members}
@@ -55,18 +68,28 @@ def run_step(peers: Mapping[int, ActorHandle], members: list[int], step: int, ch
         pid: peers[pid].apply.remote(step, [None if a == pid else aggregated[a][0] for a in members], check_weights)
         for pid in members
     }
-    apply_stats = dict(zip(members, ray.get([applied[p] for p in members])))
-    compute_stats = dict(zip(members, ray.get([computed[p][n] for p in members])))
-    agg_stats = dict(zip(members, ray.get([aggregated[p][1] for p in members])))
+    # The rounds are pipelined, so a silent peer stalls everybody behind it: look for failures
+    # round by round, the earliest round first, to name the peer that stalled.
+    compute_stats = gather({p: computed[p][n] for p in members}, peers, timeout, "compute")
+    agg_stats = gather({p: aggregated[p][1] for p in members}, peers, timeout, "aggregate")
+    # Every apply needs every aggregate, so a peer that fails now failed after the aggregates
+    # were made: everybody else applies the same update and the step completes without it.
+    apply_stats, failed = gather_surviving(applied, peers, timeout, "apply")
+    missing = [p for p in members if p not in failed and p not in apply_stats]
+    if missing:
+        raise RuntimeError(f"step {step}: peers {missing} did not apply although the aggregates exist")
+    members = [p for p in members if p not in failed]
     wall = time.perf_counter() - t0
 
     merged = {p: {**compute_stats[p], **agg_stats[p], **apply_stats[p]} for p in members}
-    phase_s = {ph: sum(m[ph] for m in merged.values()) / n for ph in PHASES}
-    bytes_per_peer = sum(m["scatter_bytes"] + m["gather_bytes"] for m in merged.values()) / n
+    phase_s = {ph: sum(m[ph] for m in merged.values()) / len(merged) for ph in PHASES}
+    bytes_per_peer = sum(m["scatter_bytes"] + m["gather_bytes"] for m in merged.values()) / len(merged)
     hashes = {p: m["weight_hash"] for p, m in merged.items()} if check_weights else None
     return StepOutcome(
         step=step,
         members=list(members),
+        dropped=failed,
+        compute_s=sum(m["compute_s"] for m in merged.values()) / len(merged),
         losses={p: m["loss"] for p, m in merged.items()},
         wall_s=wall,
         lr=merged[members[0]]["lr"],

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +125,8 @@ class Checkpoint:
     wall_seconds: float
     resumes: list[int]
     config: dict[str, Any]
+    # every peer's record (btard_ray.membership), left, dropped and banned ones included
+    membership: dict[str, Any] = field(default_factory=dict)
 
     def step_records(self) -> list[StepRecord]:
         return [StepRecord(**r) for r in self.records]
@@ -138,10 +140,11 @@ class Checkpoint:
             raise CheckpointError(f"{source}: not a resumable checkpoint (no {FORMAT!r} format tag; "
                                   "written by an older btard?)")
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in payload]
+        optional = {f.name for f in fields(cls) if f.default_factory is not MISSING}
+        missing = [n for n in names if n not in payload and n not in optional]
         if missing:
             raise CheckpointError(f"{source}: checkpoint lacks {', '.join(missing)}")
-        return cls(**{n: payload[n] for n in names})
+        return cls(**{n: payload[n] for n in names if n in payload})
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:

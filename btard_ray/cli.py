@@ -32,6 +32,11 @@ from btard_ray.cluster_cli import cluster_app  # noqa: E402
 from btard_ray.jobs_cli import jobs_app, submit  # noqa: E402
 from btard_ray.ledger_cli import ledger_app  # noqa: E402
 
+from btard_ray.membership_cli import join, leave, status  # noqa: E402
+
+app.command()(join)
+app.command()(leave)
+app.command()(status)
 app.add_typer(ledger_app, name="ledger", help="Audit a ban ledger: list, show a peer, export, verify.")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(jobs_app, name="jobs")
@@ -75,7 +80,7 @@ def _load(config: Optional[Path], overrides: list[str], name: Optional[str] = No
     if name:
         cfg.name = name
     if cfg.name is None:
-        cfg.name = "quickstart"
+        cfg.name = config.stem if config is not None else "quickstart"
     return cfg
 
 

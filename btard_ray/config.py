@@ -134,6 +134,34 @@ class ProtocolConfig(_Strict):
     distance_rtol: float = Field(1e-5, gt=0.0, description="peer vs aggregator distance agreement")
 
 
+class AdmissionConfig(_Strict):
+    """Admission of new peers while a job runs (design §5; ``btard join``).
+
+    A joiner solves an argon2id puzzle whose expected cost is ``alpha`` times the measured
+    cost of one gradient, then serves ``probation_steps`` steps in which it computes and
+    commits gradients that are validated at every step and never aggregated. At most
+    ``max_joins_per_step`` newcomers start probation per step, and only while the peers on
+    probation are at most ``max_probation_share`` of the active peers.
+    """
+
+    enabled: bool = Field(True, description="accept `btard join` (needs protocol.checks)")
+    alpha: float = Field(20.0, gt=0.0, description="puzzle cost in gradients")
+    probation_steps: int = Field(10, ge=1)
+    max_joins_per_step: int = Field(1, ge=1)
+    max_probation_share: float = Field(0.5, gt=0.0, le=1.0, description="cap of peers on probation / active")
+    expiry_steps: int = Field(50, ge=1, description="steps a puzzle challenge stays valid")
+    challenges_per_step: int = Field(32, ge=1, description="puzzles handed out per step (all joiners together)")
+    memlimit_mb: int = Field(8, ge=1, description="argon2id memory per puzzle evaluation")
+    opslimit: int = Field(1, ge=1, description="argon2id passes per puzzle evaluation")
+
+
+class TimeoutsConfig(_Strict):
+    """How long the driver waits for peers before it drops them (not a ban: crashes happen)."""
+
+    phase_seconds: float = Field(
+        120.0, gt=0.0, description="a peer silent this long in one round of a step is dropped")
+
+
 class LedgerConfig(_Strict):
     """Where verdicts go. ``url: null`` is ``sqlite:///<run dir>/ledger.db``."""
 
@@ -179,6 +207,8 @@ class JobConfig(_Strict):
     protocol: ProtocolConfig = ProtocolConfig()
     ledger: LedgerConfig = LedgerConfig()
     attack: AttackConfig = AttackConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
 
     @model_validator(mode="after")
     def _data_needs_path(self) -> "JobConfig":

@@ -100,6 +100,11 @@ class Identity:
     def __repr__(self) -> str:
         return f"Identity(public={self.public_hex[:16]}…)"
 
+    def seed_for_own_actor(self) -> bytes:
+        """The 32-byte secret seed, for handing this identity to an actor its owner starts
+        (``btard join`` gives its key to the Peer actor it owns). Never send it elsewhere."""
+        return bytes(self._signing_key)
+
     # -- key files ------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:

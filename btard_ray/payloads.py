@@ -33,8 +33,10 @@ def _numbers(values: Any, n: int, minimum: float | None = None, none_ok: bool = 
         (none_ok and v is None) or _number(v, minimum) for v in values)
 
 
-def payload_problem(kind: str, payload: dict[str, Any], members: Sequence[int], sender: int) -> str | None:
-    """What is wrong with a ``kind`` payload from member ``sender`` (None: well formed)."""
+def payload_problem(kind: str, payload: dict[str, Any], members: Sequence[int], sender: int,
+                    probation: Sequence[int] = ()) -> str | None:
+    """What is wrong with a ``kind`` payload from ``sender`` (None: well formed); peers on
+    ``probation`` commit like members and can be accused."""
     n = len(members)
     if kind == "commitment":
         parts = payload.get("parts")
@@ -67,6 +69,6 @@ def payload_problem(kind: str, payload: dict[str, Any], members: Sequence[int], 
         accused = payload.get("accused_peer")
         if payload.get("case") not in CASE_REASON:
             return f"unknown case {payload.get('case')!r}"
-        if isinstance(accused, bool) or not isinstance(accused, int) or accused not in members or accused == sender:
-            return "accused_peer must be another member"
+        if isinstance(accused, bool) or not isinstance(accused, int) or (accused not in members and accused not in probation) or accused == sender:
+            return "accused_peer must be another member or a peer on probation"
     return None

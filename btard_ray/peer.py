@@ -15,6 +15,7 @@ Timings and payload bytes of every phase are returned so the driver can report t
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Optional
 
@@ -55,7 +56,8 @@ def _fetch(refs: list[Optional[ray.ObjectRef]], own: torch.Tensor) -> tuple[list
 class Peer:
     """One training participant. Create with ``Peer.options(num_cpus=..., num_gpus=...)``."""
 
-    def __init__(self, config: dict[str, Any], peer_id: int, attacker: bool = False) -> None:
+    def __init__(self, config: dict[str, Any], peer_id: int, attacker: bool = False,
+                 key_seed: bytes | None = None) -> None:
         cfg = JobConfig.model_validate(config)
         torch.set_num_threads(cfg.resources.torch_threads)
         self.peer_id = peer_id
@@ -64,8 +66,9 @@ class Peer:
         self.aggregate_fn = make_aggregator(cfg.aggregator.name, **cfg.aggregator.params())
         self._own_part: tuple[int, torch.Tensor] | None = None
         self._own_aggregate: tuple[int, torch.Tensor] | None = None
-        # The private key is made here and never leaves this process.
-        self.identity = Identity.generate()
+        # The private key is made here and never leaves this process; a joiner brings its own
+        # (``btard join --key``: its seed comes from the joiner's process, which owns this actor).
+        self.identity = Identity.generate() if key_seed is None else Identity.from_seed(key_seed)
         attack = None
         if attacker and cfg.attack.name:
             attack = make_attack(cfg.attack.name, cfg.attack.params, seed=cfg.seed * 7 + 1)
@@ -75,6 +78,16 @@ class Peer:
         self._sent: tuple[int, list[torch.Tensor]] | None = None
         self._applied: int | None = None  # the step applied in audit_apply (rollback target)
 
+    def ping(self) -> bool:
+        """Liveness probe of the driver (:mod:`btard_ray.failures`)."""
+        return True
+
+    def assign_id(self, peer_id: int) -> int:
+        """The id the admission controller gave this joiner (it had none before)."""
+        self.peer_id = peer_id
+        self.protocol.me = peer_id
+        return peer_id
+
     def info(self) -> dict[str, Any]:
         """Who and where this peer is: id, parameter count, device, Ray node."""
         return {
@@ -83,6 +96,8 @@ class Peer:
             "device": self.device,
             "node_id": ray.get_runtime_context().get_node_id(),
             "public_key": self.identity.public_hex,
+            "attacker": self.protocol.attack is not None,
+            "pid": os.getpid(),
         }
 
     # -- the BTARD step (design §4); see btard_ray.peer_protocol for what each phase does ----
@@ -115,7 +130,8 @@ class Peer:
         return x, report, self.protocol.reveal(step), accusations, stats
 
     def gather_project(self, step: int, refs: list[Optional[ray.ObjectRef]], reports: dict, reveals: dict,
-                       commitments: dict, part_refs: dict[int, list[ray.ObjectRef]]) -> tuple:
+                       commitments: dict, part_refs: dict[int, list[ray.ObjectRef]], probation: list[int] = []
+                       ) -> tuple:
         """Gather and check the aggregates, open r_{t+1}, sign the inner products, validate.
 
         Returns (inner products, accusations, stats). ``part_refs`` holds the sent parts of
@@ -129,7 +145,7 @@ class Peer:
         accusations += self.protocol.open_seed(step, reveals, commitments)
         inner = self.protocol.project(step)
         t0 = time.perf_counter()
-        targets = self.protocol.validation_targets(step, reports)
+        targets = self.protocol.validation_targets(step, reports, probation)
         missing = set(targets) - set(part_refs)
         if missing:
             raise RuntimeError(f"peer {self.peer_id}: no parts handed over for validation targets {sorted(missing)}")
@@ -162,6 +178,27 @@ class Peer:
         if next_commit is not None:
             extra = self.commit(step + 1, *next_commit)
         return (accusations, stats, *extra)
+
+    # -- a peer on probation (design §5.3): commits and applies, aggregates nothing ----------
+
+    def follow_gather(self, step: int, refs: list[ray.ObjectRef]) -> dict:
+        """Fetch every part's aggregate (the members check them), to apply the step with them."""
+        rows, fetch = _fetch(refs, torch.empty(0))
+        self.protocol.follow(step, rows)
+        return {"gather_wait_s": fetch["wait_s"], "gather_fetch_s": fetch["fetch_s"], "gather_bytes": fetch["bytes"]}
+
+    def follow_apply(self, step: int, apply: bool, check_weights: bool,
+                     next_commit: tuple[list[int], bytes] | None = None) -> tuple:
+        """:meth:`audit_apply` of a peer on probation: no audit (it has no say yet), same returns."""
+        extra: tuple = (None,) * (len(next_commit[0]) + 2) if next_commit is not None else ()
+        if not apply:
+            return ([], None, *extra)
+        self.replica.save_point()
+        self._applied = step
+        stats = self._apply(step, {}, False, check_weights)
+        if next_commit is not None:
+            extra = self.commit(step + 1, *next_commit)
+        return ([], stats, *extra)
 
     def rollback(self, step: int) -> None:
         """Undo this step's update, if this peer applied it (before judging and re-applying)."""

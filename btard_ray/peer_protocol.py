@@ -281,7 +281,7 @@ class PeerProtocol:
 
     # -- 3b. validate ---------------------------------------------------------------------------
 
-    def validation_targets(self, step: int, reports: Mapping[int, Any]) -> list[int]:
+    def validation_targets(self, step: int, reports: Mapping[int, Any], probation: Sequence[int] = ()) -> list[int]:
         """The peers this peer must re-compute at ``step``, drawn from r_{t+1}.
 
         The m random (validator, target) pairs of :func:`choose_validators`, plus one pair per
@@ -292,7 +292,7 @@ class PeerProtocol:
         assert st.next_seed is not None
         parsed = {pid: self.valid(reports.get(pid), pid, step, "aggregate_report") for pid in st.members}
         pairs = audit_pairs(st.next_seed, st.members, self.tau, self.cfg.protocol.validators,
-                            self.cfg.protocol.suspect_audits, reported_distances(st.members, parsed))
+                            self.cfg.protocol.suspect_audits, reported_distances(st.members, parsed), probation)
         return sorted({target for validator, target in pairs if validator == self.me})
 
     def validate(self, step: int, target_parts: Mapping[int, Sequence[torch.Tensor]],
@@ -304,7 +304,7 @@ class PeerProtocol:
             problem = gradient_problem(self, step, target, sent, commitments.get(target))
             if problem is not None:
                 accusations.append(self.accuse(step, target, problem[0], why=problem[1]))
-            else:  # its inner products are checked against these parts in the audit
+            elif target in st.members:  # its inner products are checked against these parts in the audit
                 st.validated[target] = list(sent)
         return accusations
 
@@ -350,6 +350,12 @@ class PeerProtocol:
                 accusations.append(self.accuse(step, claim.accused, claim.case, why="made up"))
         return accusations
 
+    def follow(self, step: int, aggregates: Sequence[torch.Tensor]) -> None:
+        """A peer on probation takes the members' aggregates as they are (it is not a member:
+        it neither checks nor accuses; the members do both)."""
+        st = self._state(step)
+        st.aggregates = dict(enumerate(aggregates))
+
     # -- 5. apply -------------------------------------------------------------------------------
 
     def apply(self, step: int, replacements: Mapping[int, torch.Tensor], skip: bool = False) -> None:
@@ -383,12 +389,14 @@ def reported_distances(members: Sequence[int], reports: Mapping[int, Message | N
 
 
 def audit_pairs(seed: bytes, members: Sequence[int], tau: float, validators: int, suspect_audits: int,
-                reported: Sequence[Sequence[float | None]]) -> list[tuple[int, int]]:
-    """Every (validator, target) pair of a step: m random ones and one per clipped suspect."""
+                reported: Sequence[Sequence[float | None]], probation: Sequence[int] = ()) -> list[tuple[int, int]]:
+    """Every (validator, target) pair of a step: m random ones, one per clipped suspect, and
+    one per peer on probation (validated at every step of its probation, design §5.3)."""
     names = [str(m) for m in members]
     pairs = choose_validators(seed, names, validators)
     suspects = clipped_suspects(names, reported, tau, suspect_audits)
     pairs += choose_suspect_validators(seed, names, suspects)
+    pairs += choose_suspect_validators(seed, names, [str(p) for p in probation], label="validators/probation")
     return [(int(v), int(t)) for v, t in pairs]
 
 

@@ -36,6 +36,7 @@ from btard_ray.butterfly import StepOutcome
 from btard_ray.messages import Message, MessageError, MessageVerifier
 from btard_ray.payloads import payload_problem
 from btard_ray.config import JobConfig
+from btard_ray.failures import gather, gather_surviving
 from btard_ray.peer_protocol import audit_pairs, reported_distances, reveal_nonce
 from btard_ray.protocol.randomness import next_seed
 
@@ -59,10 +60,12 @@ class Relay:
     sender's key, the payload's shape: :mod:`btard_ray.payloads`); remembers what it rejected
     and why."""
 
-    def __init__(self, job: str, keys: Mapping[int, str], members: Sequence[int]) -> None:
+    def __init__(self, job: str, keys: Mapping[int, str], members: Sequence[int], probation: Sequence[int] = ()
+                 ) -> None:
         self.verifier = MessageVerifier(job)
         self.keys = keys
         self.members = list(members)
+        self.probation = list(probation)
         self.rejected: list[str] = []
         self.bytes = 0
 
@@ -77,7 +80,7 @@ class Relay:
         if msg.sender != self.keys.get(pid):
             self.rejected.append(f"peer {pid}: {kind} signed by another key {msg.sender[:16]}")
             return None
-        problem = payload_problem(kind, msg.payload, self.members, pid)
+        problem = payload_problem(kind, msg.payload, self.members, pid, self.probation)
         if problem is not None:
             self.rejected.append(f"peer {pid}: malformed {kind}: {problem}")
             return None
@@ -95,27 +98,37 @@ def _parsed(raw: dict | None) -> Message | None:
 @dataclass
 class Commits:
     """Round 1 of step ``step`` as issued to the peers: refs to their parts (owned by the
-    driver), signed commitments and stats. Step t+1's are issued inside step t's last round."""
+    driver), signed commitments and stats, for the members and the peers on probation (who
+    commit like everybody else; their parts are validated, never aggregated). Step t+1's are
+    issued inside step t's last round."""
 
     step: int
     members: list[int]
+    probation: list[int]
     parts: dict[int, list[ray.ObjectRef]]
     commitments: dict[int, ray.ObjectRef]
     stats: dict[int, ray.ObjectRef]
 
     @classmethod
-    def from_returns(cls, step: int, members: list[int], returns: Mapping[int, Sequence[ray.ObjectRef]]) -> "Commits":
+    def from_returns(cls, step: int, members: list[int], probation: list[int],
+                     returns: Mapping[int, Sequence[ray.ObjectRef]]) -> "Commits":
         """From each peer's ``commit`` returns (n parts, commitment, stats), in that order."""
         n = len(members)
-        return cls(step, list(members), {p: list(returns[p][:n]) for p in members},
-                   {p: returns[p][n] for p in members}, {p: returns[p][n + 1] for p in members})
+        everyone = [*members, *probation]
+        return cls(step, list(members), list(probation), {p: list(returns[p][:n]) for p in everyone},
+                   {p: returns[p][n] for p in everyone}, {p: returns[p][n + 1] for p in everyone})
+
+    def matches(self, step: int, members: Sequence[int], probation: Sequence[int]) -> bool:
+        return self.step == step and self.members == list(members) and self.probation == list(probation)
 
 
-def issue_commits(peers: Mapping[int, ActorHandle], members: list[int], step: int, seed: bytes) -> Commits:
-    """Round 1 on its own: every member computes, splits and commits its gradient."""
+def issue_commits(peers: Mapping[int, ActorHandle], members: list[int], step: int, seed: bytes,
+                  probation: Sequence[int] = ()) -> Commits:
+    """Round 1 on its own: every member and probationer computes, splits and commits its gradient."""
     n = len(members)
-    returns = {pid: peers[pid].commit.options(num_returns=n + 2).remote(step, members, seed) for pid in members}
-    return Commits.from_returns(step, members, returns)
+    returns = {pid: peers[pid].commit.options(num_returns=n + 2).remote(step, members, seed)
+               for pid in [*members, *probation]}
+    return Commits.from_returns(step, members, list(probation), returns)
 
 
 def run_secure_step(
@@ -129,19 +142,30 @@ def run_secure_step(
     check_weights: bool,
     committed: Commits | None = None,
     prefetch: bool = False,
+    probation: Sequence[int] = (),
 ) -> SecureOutcome:
     """Run one defended step of job ``cfg`` over ``members`` with shared seed r_t = ``seed``.
 
     ``committed``: this step's round 1 if it was issued with the previous step (used only if
-    it is for this step and these members). ``prefetch``: issue the next step's round 1 in
+    it is for this step and these peers). ``prefetch``: issue the next step's round 1 in
     this step's last round; the outcome's ``next_commits`` holds it when the step went
     through without accusations (otherwise the weights or the membership change first).
+    ``probation``: newcomers that commit, are validated (each by one member drawn from
+    r_{t+1}) and apply the step, but aggregate nothing and are aggregated by nobody.
+
+    A peer that crashes or stays silent for ``timeouts.phase_seconds`` in rounds 1-3 raises
+    :class:`~btard_ray.failures.PeerFailure` (nobody has applied anything: the driver drops
+    it and runs the step again); in the last rounds the step completes without it, and the
+    outcome's ``dropped`` names it.
     """
     assert cfg.name is not None
     job = cfg.name
     t_start = time.perf_counter()
     n = len(members)
-    relay = Relay(job, keys, members)
+    probation = list(probation)
+    everyone = [*members, *probation]
+    timeout = cfg.timeouts.phase_seconds
+    relay = Relay(job, keys, members, probation)
     phase: dict[str, float] = {}
 
     def timed(name: str, t0: float) -> float:
@@ -149,14 +173,18 @@ def run_secure_step(
         phase[name] = now - t0
         return now
 
+    def results(calls: Mapping[int, Sequence[ray.ObjectRef]], index: int) -> dict[int, Any]:
+        # (after gather() of the same calls: every result of a call is made together)
+        return dict(zip(calls, ray.get([c[index] for c in calls.values()])))
+
     # 1. compute and commit: parts stay in the object store, owned by the driver.
     t = time.perf_counter()
-    if committed is None or committed.step != step or committed.members != members:
-        committed = issue_commits(peers, members, step, seed)
+    if committed is None or not committed.matches(step, members, probation):
+        committed = issue_commits(peers, members, step, seed, probation)
     part_refs = committed.parts
-    raw_commits = ray.get([committed.commitments[p] for p in members])
-    commitments = {p: relay.accept(p, raw, step, "commitment") for p, raw in zip(members, raw_commits)}
-    compute_stats = dict(zip(members, ray.get([committed.stats[p] for p in members])))
+    raw_commits = gather(committed.commitments, peers, timeout, "commit")
+    commitments = {p: relay.accept(p, raw_commits[p], step, "commitment") for p in everyone}
+    compute_stats = dict(zip(everyone, ray.get([committed.stats[p] for p in everyone])))
     t = timed("commit", t)
 
     # 2. scatter and aggregate part j at member j; the reveals travel with the reports.
@@ -165,14 +193,13 @@ def run_secure_step(
         refs = [None if src == pid else part_refs[src][j] for src in members]
         aggregated[pid] = peers[pid].aggregate_reveal.options(num_returns=5).remote(step, refs, commitments)
     agg_refs = {pid: aggregated[pid][0] for pid in members}
-    reports = {p: relay.accept(p, raw, step, "aggregate_report")
-               for p, raw in zip(members, ray.get([aggregated[p][1] for p in members]))}
-    reveals = {p: relay.accept(p, raw, step, "reveal")
-               for p, raw in zip(members, ray.get([aggregated[p][2] for p in members]))}
+    gather({p: c[1] for p, c in aggregated.items()}, peers, timeout, "aggregate")
+    reports = {p: relay.accept(p, raw, step, "aggregate_report") for p, raw in results(aggregated, 1).items()}
+    reveals = {p: relay.accept(p, raw, step, "reveal") for p, raw in results(aggregated, 2).items()}
     accusations: list[dict] = []
-    for p, raws in zip(members, ray.get([aggregated[p][3] for p in members])):
+    for p, raws in results(aggregated, 3).items():
         accusations += relay.accept_all(p, raws, step, "accusation")
-    agg_stats = dict(zip(members, ray.get([aggregated[p][4] for p in members])))
+    agg_stats = results(aggregated, 4)
     # (the relay has verified both messages' signatures)
     new_seed = next_seed(seed, [reveal_nonce(reveals[p], commitments[p], job, keys[p], step, verify=False)
                                 for p in members])
@@ -180,34 +207,42 @@ def run_secure_step(
 
     # 3. gather the aggregates, open r_{t+1}, sign the inner products, validate (each
     # validator gets the parts of its targets, derived here exactly as the peers derive them).
+    # Probationers only fetch the aggregates, to apply the step with everybody.
     pairs = audit_pairs(new_seed, members, cfg.aggregator.tau, cfg.protocol.validators, cfg.protocol.suspect_audits,
-                        reported_distances(members, {p: _parsed(r) for p, r in reports.items()}))
+                        reported_distances(members, {p: _parsed(r) for p, r in reports.items()}), probation)
     handed: dict[int, dict[int, list]] = {pid: {} for pid in members}
     for validator, target in pairs:
         handed[validator][target] = part_refs[target]
     projected = {pid: peers[pid].gather_project.options(num_returns=3).remote(
-        step, [None if a == pid else agg_refs[a] for a in members], reports, reveals, commitments, handed[pid])
-        for pid in members}
-    inner = {p: relay.accept(p, raw, step, "inner_products")
-             for p, raw in zip(members, ray.get([projected[p][0] for p in members]))}
-    for p, raws in zip(members, ray.get([projected[p][1] for p in members])):
+        step, [None if a == pid else agg_refs[a] for a in members], reports, reveals, commitments, handed[pid],
+        probation) for pid in members}
+    following = {pid: peers[pid].follow_gather.remote(step, [agg_refs[a] for a in members]) for pid in probation}
+    gather({**{p: c[0] for p, c in projected.items()}, **following}, peers, timeout, "project")
+    inner = {p: relay.accept(p, raw, step, "inner_products") for p, raw in results(projected, 0).items()}
+    for p, raws in results(projected, 1).items():
         accusations += relay.accept_all(p, raws, step, "accusation")
-    gather_stats = dict(zip(members, ray.get([projected[p][2] for p in members])))
+    gather_stats = {**results(projected, 2), **{p: {} for p in probation}}
     t = timed("project", t)
 
     # 4. check every aggregate; with no accusation so far, peers that find nothing apply at
     # once (and, with ``prefetch``, compute and commit the next step in the same call).
+    # From here on nobody runs the step again: a peer that fails is dropped after it.
     apply_now = not accusations
     ahead = (members, new_seed) if prefetch and apply_now else None
     returns = 2 + (n + 2 if ahead else 0)
     audited = {pid: peers[pid].audit_apply.options(num_returns=returns).remote(
         step, inner, reports, apply_now, check_weights, ahead) for pid in members}
-    for p, raws in zip(members, ray.get([audited[p][0] for p in members])):
-        accusations += relay.accept_all(p, raws, step, "accusation")
-    apply_stats = dict(zip(members, ray.get([audited[p][1] for p in members])))
+    audited.update({pid: peers[pid].follow_apply.options(num_returns=returns).remote(
+        step, apply_now, check_weights, ahead) for pid in probation})
+    answered, dropped = gather_surviving({p: c[0] for p, c in audited.items()}, peers, timeout, "audit")
+    alive = [p for p in everyone if p not in dropped]
+    for p in members:
+        if p in answered:
+            accusations += relay.accept_all(p, answered[p], step, "accusation")
+    apply_stats = dict(zip(alive, ray.get([audited[p][1] for p in alive])))
     next_commits = None
-    if ahead and not accusations and all(stats is not None for stats in apply_stats.values()):
-        next_commits = Commits.from_returns(step + 1, members, {p: audited[p][2:] for p in members})
+    if ahead and not accusations and not dropped and all(stats is not None for stats in apply_stats.values()):
+        next_commits = Commits.from_returns(step + 1, members, probation, {p: audited[p][2:] for p in everyone})
     t = timed("audit", t)
 
     # 5. judge (only when somebody accused somebody), then (re-)apply from w_t everywhere.
@@ -215,32 +250,43 @@ def run_secure_step(
     skipped = False
     if accusations:
         # Judges re-compute at w_t: undo the update where a peer already took it.
-        ray.get([peers[p].rollback.remote(step) for p in members if apply_stats[p] is not None])
+        rolled = {p: peers[p].rollback.remote(step) for p in alive if apply_stats[p] is not None}
+        _, failed = gather_surviving(rolled, peers, timeout, "rollback")
+        dropped.update(failed)
+        alive = [p for p in alive if p not in failed]
         ctx = {"members": members, "keys": dict(keys), "part_refs": part_refs, "agg_refs": agg_refs,
                "commitments": commitments, "reports": reports, "reveals": reveals, "inner": inner,
                "rejected": relay.rejected}
         verdict = ray.get(tribunal.judge.remote(step, accusations, ctx, dict(peers)))
-        skipped = any(b["reason"] == "wrong_gradient" for b in verdict["bans"])
+        # A forged gradient of a member reached the aggregates: nobody applies this step. A
+        # probationer's never did, so its ban changes nothing in the update.
+        skipped = any(b["reason"] == "wrong_gradient" and b["peer"] in members for b in verdict["bans"])
         t = timed("tribunal", t)
+        banned = {b["peer"] for b in verdict["bans"]}
         applied = {pid: peers[pid].secure_apply.remote(step, verdict["replacements"], skipped, check_weights)
-                   for pid in members}
-        apply_stats = dict(zip(members, ray.get([applied[p] for p in members])))
+                   for pid in alive if pid not in banned}
+        apply_stats, failed = gather_surviving(applied, peers, timeout, "apply")
+        dropped.update(failed)
+        alive = [p for p in alive if p in apply_stats]
         timed("apply", t)
     elif any(stats is None for stats in apply_stats.values()):
         # A peer held back without a valid accusation (its accusation did not verify): it
         # still takes the step everybody else took.
-        late = [p for p in members if apply_stats[p] is None]
-        for p, stats in zip(late, ray.get([peers[p].secure_apply.remote(step, {}, False, check_weights)
-                                           for p in late])):
-            apply_stats[p] = stats
+        late = [p for p in alive if apply_stats[p] is None]
+        redo, failed = gather_surviving({p: peers[p].secure_apply.remote(step, {}, False, check_weights)
+                                         for p in late}, peers, timeout, "apply")
+        apply_stats.update(redo)
+        dropped.update(failed)
+        alive = [p for p in alive if p not in failed]
 
-    merged = {p: {**compute_stats[p], **agg_stats[p], **gather_stats[p], **apply_stats[p]} for p in members}
+    merged = {p: {**compute_stats[p], **agg_stats.get(p, {}), **gather_stats[p], **apply_stats[p]} for p in alive
+              if apply_stats.get(p) is not None}
     return SecureOutcome(
         step=step,
-        members=list(members),
-        losses={p: m["loss"] for p, m in merged.items()},
+        members=[p for p in members if p in merged],
+        losses={p: m["loss"] for p, m in merged.items() if p in members},
         wall_s=time.perf_counter() - t_start,
-        lr=merged[members[0]]["lr"],
+        lr=next(iter(merged.values()))["lr"],
         next_seed=new_seed,
         bans=verdict["bans"],
         accusations=len(accusations),
@@ -248,7 +294,10 @@ def run_secure_step(
         next_commits=next_commits,
         rejected=relay.rejected,
         phase_s=phase,
-        bytes_per_peer=sum(m["scatter_bytes"] + m["gather_bytes"] for m in merged.values()) / n,
+        bytes_per_peer=sum(m.get("scatter_bytes", 0.0) + m.get("gather_bytes", 0.0) for m in merged.values())
+        / max(1, len(merged)),
         protocol_bytes=relay.bytes,
         weight_hashes={p: m["weight_hash"] for p, m in merged.items()} if check_weights else None,
+        dropped=dropped,
+        compute_s=sum(compute_stats[p]["compute_s"] for p in everyone) / len(everyone),
     )

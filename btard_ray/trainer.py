@@ -36,6 +36,9 @@ from attacks.registry import choose_attackers
 from btard_ray.butterfly import run_step
 from btard_ray.checkpoint import Checkpoint, ResumeError, StepRecord
 from btard_ray.config import ConfigError, JobConfig, load_config, validate_config
+from btard_ray.elastic import ElasticJob
+from btard_ray.failures import PeerFailure
+from btard_ray.membership import DROPPED, Membership
 from btard_ray.identity import Identity
 from btard_ray.peer import Peer
 from btard_ray.progress import TrainingProgress
@@ -72,6 +75,25 @@ def spawn_peers(cfg: JobConfig, peer_ids: list[int], attackers: frozenset[int] =
 
 
 JOB_KEY = "job_key"
+
+
+def _membership(cfg: JobConfig, ckpt: Checkpoint | None, keys: dict[int, str], infos: dict[int, dict[str, Any]],
+                attackers: list[int]) -> Membership:
+    """The job's peers at its first step: the initial ones, or the checkpoint's records.
+
+    A resumed job's active peers are new actors with new keys. Peers on probation at the
+    checkpoint are not resumed (their actors belonged to their joiners' processes); they are
+    recorded as dropped and may join again.
+    """
+    membership = Membership(cfg.admission.probation_steps)
+    if ckpt is not None and ckpt.membership:
+        membership = Membership.from_snapshot(cfg.admission.probation_steps, ckpt.membership)
+        for peer in membership.on_probation():
+            membership.end(peer, DROPPED, ckpt.step, "not resumed")
+    for peer, key in keys.items():
+        record = membership.records.get(peer) or membership.add(peer, key, attacker=peer in attackers)
+        record.public_key, record.node = key, infos[peer]["node_id"]
+    return membership
 
 
 def _ledger_url(cfg: JobConfig, run_dir: RunDir) -> str:
@@ -118,11 +140,12 @@ JOB_DEFINING_KEYS = ("name", "seed", "peers", "data", "model", "optimizer", "agg
                      "attack")
 
 
-def _save_checkpoint(cfg: JobConfig, run_dir: RunDir, peers: dict[int, ActorHandle], members: list[int], step: int,
+def _save_checkpoint(cfg: JobConfig, run_dir: RunDir, peers: dict[int, ActorHandle], membership: Membership, step: int,
                      *, final: bool, keys: dict[int, str], banned: list[dict[str, Any]], attackers: list[int],
                      seed: bytes | None, ledger: dict[str, Any] | None, outcomes: list[Any], window: int,
                      last_eval: dict[str, float], wall_seconds: float, resumes: list[int]) -> Checkpoint:
     """Check that every active peer holds the same weights, then write them with the job's state."""
+    members = membership.active()
     hashes = dict(zip(members, ray.get([peers[p].weight_hash.remote() for p in members])))
     weight_hash = check_weights(SimpleNamespace(step=step - 1, weight_hashes=hashes))
     state = ray.get(peers[members[0]].state.remote())
@@ -132,6 +155,7 @@ def _save_checkpoint(cfg: JobConfig, run_dir: RunDir, peers: dict[int, ActorHand
         banned=[dict(b) for b in banned], attackers=list(attackers), seed=seed, ledger=ledger,
         records=[asdict(StepRecord.of(o)) for o in outcomes], window=window, last_eval=dict(last_eval),
         wall_seconds=wall_seconds, resumes=list(resumes), config=cfg.model_dump(mode="json"),
+        membership=membership.snapshot(),
     )
     run_dir.save_checkpoint(ckpt, final=final)
     return ckpt
@@ -302,6 +326,7 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
     # wall time counts the training of every part of a resumed job
     t_start = time.perf_counter() - (ckpt.wall_seconds if ckpt else 0.0)
     tribunal: ActorHandle | None = None
+    job: ElasticJob | None = None
     try:
         if ckpt is None:
             attackers = choose_attackers(cfg.seed, list(range(cfg.peers)), cfg.attack.count) if cfg.attack.name else []
@@ -331,6 +356,7 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
             else:
                 tribunal = _resume_tribunal(cfg, run_dir, ckpt, keys)
                 seed = ckpt.seed
+        membership = _membership(cfg, ckpt, keys, infos, attackers)
         window, all_outcomes = _Window.empty(), []
         pending = None  # the next step's commitments, when issued with the previous step
         last_eval: dict[str, float] = {}
@@ -343,26 +369,44 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
             last_eval, weight_hash, resumes = dict(ckpt.last_eval), ckpt.weight_hash, [*ckpt.resumes, ckpt.step]
 
         def checkpoint(step: int, final: bool = False) -> Checkpoint:
-            return _save_checkpoint(cfg, run_dir, peers, members, step, final=final, keys=keys, banned=banned,
+            return _save_checkpoint(cfg, run_dir, peers, membership, step, final=final, keys=keys, banned=banned,
                                     attackers=attackers, seed=seed if tribunal is not None else None,
                                     ledger=_ledger_head(cfg, run_dir) if tribunal is not None else None,
                                     outcomes=all_outcomes, window=len(window.losses), last_eval=last_eval,
                                     wall_seconds=time.perf_counter() - t_start, resumes=resumes)
 
+        job = ElasticJob(cfg, run_dir, peers, membership, keys, banned, tribunal, console if show_progress else None)
+        job.start_controller(first, seed)
+        if console is not None and cfg.protocol.checks and cfg.admission.enabled:
+            address = ray.get_runtime_context().gcs_address
+            console.print(f"job [cyan]{cfg.name}[/] is joinable; from another terminal on this machine or cluster:\n"
+                          f"  btard join --job {cfg.name} --address {address}", highlight=False, soft_wrap=True)
         with TrainingProgress(cfg.steps, cfg.name, enabled=show_progress, console=console,
                               completed=first) as progress:
             for t in range(first, cfg.steps):
                 last = t + 1 == cfg.steps
                 checked = (t + 1) % cfg.weight_check_every == 0 or last
+                if job.boundary(t, seed, last_eval):
+                    pending = None  # the membership changed: the prefetched commitments are void
+                members = membership.active()
+                while True:  # a peer that crashes or goes silent mid-step: drop it, run the step again
+                    try:
+                        if tribunal is not None:
+                            outcome = run_secure_step(cfg, peers, members, keys, t, seed, tribunal, checked,
+                                                      committed=pending, prefetch=not last,
+                                                      probation=membership.on_probation())
+                        else:
+                            outcome = run_step(peers, members, t, checked, cfg.timeouts.phase_seconds)
+                        break
+                    except PeerFailure as failure:
+                        pending = None
+                        job.drop(failure.failed, t, failure.phase)
+                        members = membership.active()
                 if tribunal is not None:
-                    outcome = run_secure_step(cfg, peers, members, keys, t, seed, tribunal, checked,
-                                              committed=pending, prefetch=not last)
                     pending = outcome.next_commits
                     seed = outcome.next_seed
                     for ban in outcome.bans:
                         banned.append({"peer": ban["peer"], "step": t, "reason": ban["reason"]})
-                else:
-                    outcome = run_step(peers, members, t, checked)
                 if checked:
                     weight_hash = check_weights(outcome)
                 window.losses.append(outcome.mean_loss)
@@ -370,42 +414,39 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
                 all_outcomes.append(outcome)
                 accuracy = None
                 if (t + 1) % cfg.eval_every == 0 or last:
-                    last_eval = ray.get(peers[members[0]].evaluate.remote())
+                    last_eval = ray.get(peers[outcome.members[0]].evaluate.remote())
                     accuracy = last_eval["test_accuracy"]
+                    job.history.append({"step": t + 1, **last_eval})
                     run_dir.append_metrics(
                         {
                             "step": t + 1,
                             "train_loss": sum(window.losses) / len(window.losses),
                             **last_eval,
-                            "active_peers": len(members),
+                            "active_peers": len(outcome.members),
                             "lr": outcome.lr,
                             "wall_seconds": time.perf_counter() - t_start,
                             "step_seconds": sum(o.wall_s for o in window.outcomes) / len(window.outcomes),
                         }
                     )
                     window = _Window.empty()
-                progress.advance(outcome.mean_loss, len(members), accuracy)
-                # Bans take effect at the step boundary: the banned leave the membership, the
-                # partition is recomputed from the new n, and their actors are stopped.
-                gone = {b["peer"] for b in getattr(outcome, "bans", [])}
-                if gone:
-                    for pid in gone & set(members):
-                        ray.kill(peers.pop(pid))
-                    members = [p for p in members if p not in gone]
-                    if console is not None and show_progress:
-                        console.print(f"step {t}: banned " + ", ".join(
-                            f"peer {b['peer']} ({b['reason']})" for b in outcome.bans))
+                progress.advance(outcome.mean_loss, len(outcome.members), accuracy)
+                # Bans, drops and probation results take effect at the step boundary: the
+                # peers that go leave the membership (the partition is recomputed from the new
+                # n) and their actors are stopped.
+                job.step_done(t, outcome)
+                members = membership.active()
                 # A checkpoint after the step's bans: the state at the start of step t + 1.
                 if cfg.checkpoint_every and (t + 1) % cfg.checkpoint_every == 0 and not last:
                     checkpoint(t + 1)
 
         final = checkpoint(cfg.steps, final=True)
         weight_hash = final.weight_hash
-        summary = _summary(cfg, all_outcomes, last_eval, members, num_params, weight_hash,
+        summary = _summary(cfg, all_outcomes, last_eval, membership.active(), num_params, weight_hash,
                            time.perf_counter() - t_start)
-        summary["attackers"] = attackers
+        summary["attackers"] = sorted({*attackers, *(p for p, r in membership.records.items() if r.attacker)})
         summary["banned"] = banned
         summary["resumed_from"] = resumes  # steps this job was resumed from (btard resume)
+        summary.update(job.summary())
         if tribunal is not None:
             ray.get(tribunal.record.remote(cfg.steps, "job_finished", None, None, {
                 "final_test_accuracy": summary["final_test_accuracy"], "weight_hash": weight_hash,
@@ -418,6 +459,8 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
         run_dir.write_summary(summary)
         return summary
     finally:
+        if job is not None:
+            job.close()
         for actor in peers.values():
             ray.kill(actor)
         if tribunal is not None:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 EVENT_KINDS: frozenset[str] = frozenset({
     "job_started", "admitted", "probation_passed", "probation_failed", "promoted",
     "accused", "verdict", "banned", "left", "dropped", "job_resumed", "job_finished",
+    "admission_rejected",
 })
 
 #: Keys of ``details`` that hold lists of signed messages (as ``Message.to_dict`` dicts).

@@ -110,13 +110,15 @@ def clipped_suspects(
     return ranked[: max(limit, 0)]
 
 
-def choose_suspect_validators(shared: bytes, members: Sequence[str], suspects: Sequence[str]
-                              ) -> list[tuple[str, str]]:
+def choose_suspect_validators(shared: bytes, members: Sequence[str], suspects: Sequence[str],
+                              label: str = "validators/suspect") -> list[tuple[str, str]]:
     """One (validator, suspect) pair per suspect, the validator drawn from the shared seed.
 
     validator_k is uniform over sorted(members) − {suspect_k}, by
     ``derive_int(shared, "validators/suspect", k, attempt)``; the seed r_{t+1} did not exist
     when the gradients were committed, so a suspect cannot pick a colluding validator.
+    ``label`` separates draws made for different purposes (peers on probation use
+    ``"validators/probation"``: every one of them is validated at every step).
     """
     eligible = sorted(members)
     pairs = []
@@ -124,7 +126,7 @@ def choose_suspect_validators(shared: bytes, members: Sequence[str], suspects: S
         others = [p for p in eligible if p != suspect]
         if not others:
             continue
-        pairs.append((others[_uniform_below(shared, "validators/suspect", len(others), k)], suspect))
+        pairs.append((others[_uniform_below(shared, label, len(others), k)], suspect))
     return pairs
 
 

@@ -1,0 +1,154 @@
+"""The joiner's side of admission (``btard join``, ``btard leave``, ``btard status``).
+
+A joiner is a process connected to the job's Ray cluster. For each identity it
+
+1. asks the job's admission controller for a challenge bound to its public key and the
+   current shared seed,
+2. solves the argon2id puzzle here, in this process (this is the compute an attacker pays
+   per identity),
+3. starts its own Peer actor (on this node, holding its key) and submits the signed
+   solution with the actor; the controller checks it with one evaluation and gives the
+   peer an id. The driver takes the peer in at a step boundary, hands it the current
+   weights, and its probation begins.
+
+The joiner process owns its actors: when it exits they die, and the job drops them (not a
+ban). So ``btard join`` stays in the foreground while its peers train.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+from ray.actor import ActorHandle
+
+from admission.book import AdmissionError, solution_message
+from admission.controller import CONTROLLER_NAME
+from admission.puzzle import Challenge, Solution, solve
+from btard_ray.identity import Identity
+from btard_ray.messages import sign_message
+from btard_ray.runtime import namespace_for
+
+DEFAULT_KEY_DIR = Path.home() / ".btard" / "keys"
+
+
+class JoinError(RuntimeError):
+    """Joining failed; the message is one line naming why."""
+
+
+@dataclass
+class Joined:
+    """One admitted identity: its peer id, key and actor (owned by this process)."""
+
+    peer: int
+    public_key: str
+    actor: ActorHandle
+    solution: Solution
+
+
+def default_key_path(job: str, index: int = 0) -> Path:
+    """``~/.btard/keys/<job>.key``, and ``<job>-<i>.key`` for the i-th extra identity."""
+    return DEFAULT_KEY_DIR / (f"{job}.key" if index == 0 else f"{job}-{index}.key")
+
+
+def key_paths(job: str, key: Path | None, count: int) -> list[Path]:
+    """The key files of ``count`` identities: ``key`` (or the default), then ``STEM-1.SUFFIX``, ..."""
+    first = key or default_key_path(job)
+    return [first] + [first.with_name(f"{first.stem}-{i}{first.suffix}") for i in range(1, count)]
+
+
+def load_or_create(path: Path) -> Identity:
+    """The identity in ``path``; a new one is made and saved (mode 0600) when there is none."""
+    if path.exists():
+        return Identity.load(path)
+    identity = Identity.generate()
+    identity.save(path)
+    return identity
+
+
+def find_controller(job: str) -> ActorHandle:
+    """The admission controller of job ``job`` in the connected cluster; JoinError if none."""
+    try:
+        return ray.get_actor(CONTROLLER_NAME, namespace=namespace_for(job))
+    except ValueError:
+        raise JoinError(f"no running job named {job!r} in this Ray cluster (is it still running? "
+                        "see `btard jobs list`, or the name `btard run` printed)") from None
+
+
+def unwrap(exc: Exception) -> Exception:
+    """The controller's own error inside a Ray task error (AdmissionError, LeaveError, ...)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, Exception) else exc
+
+
+def join(controller: ActorHandle, identity: Identity, attack: str | None = None,
+         on_evaluation: Callable[[int], None] | None = None, info: dict[str, Any] | None = None) -> Joined:
+    """Admit ``identity`` into the controller's job; see the module docstring.
+
+    ``attack``: run this attack from the library (experiments: a Byzantine joiner).
+    Raises :class:`AdmissionError` when the controller refuses the solution and
+    :class:`JoinError` when the job admits nobody.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from btard_ray.config import validate_config
+    from btard_ray.peer import Peer
+
+    info = info or ray.get(controller.job_info.remote())
+    if not info["accepting"]:
+        raise JoinError(info["refusal"])
+    config = dict(info["config"])
+    if attack:
+        config["attack"] = {**config.get("attack", {}), "name": attack, "count": 1, "start_step": 0, "every": 1,
+                            "stop_step": None}
+    cfg = validate_config(config)  # also checks the attack's name
+    try:
+        challenge = Challenge.from_dict(ray.get(controller.challenge.remote(identity.public_hex)))
+    except ray.exceptions.RayTaskError as exc:
+        raise unwrap(exc) from None
+    solution = solve(challenge, on_evaluation=on_evaluation)
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    options: dict[str, Any] = {"num_cpus": cfg.resources.cpus_per_peer, "scheduling_strategy": here}
+    if cfg.resources.gpus_per_peer > 0:
+        options["num_gpus"] = cfg.resources.gpus_per_peer
+    actor = Peer.options(**options).remote(cfg.model_dump(mode="json"), -1, bool(attack),
+                                           identity.seed_for_own_actor())
+    raw = solution_message(identity, info["job"], challenge.step, challenge, solution)
+    try:
+        peer = ray.get(controller.submit.remote(raw, actor))
+    except ray.exceptions.RayTaskError as exc:
+        ray.kill(actor)
+        raise unwrap(exc) from None
+    return Joined(peer, identity.public_hex, actor, solution)
+
+
+def leave(controller: ActorHandle, job: str, peer: int, identity: Identity) -> int:
+    """Ask for ``peer`` to leave at the next step boundary, signed by ``identity`` (the peer's
+    own key, or the job's key from the run directory)."""
+    raw = sign_message(identity, job, 0, "leave", {"peer": peer}).to_dict()
+    try:
+        return int(ray.get(controller.leave.remote(raw)))
+    except ray.exceptions.RayTaskError as exc:
+        raise unwrap(exc) from None
+
+
+def connect_cluster(address: str | None, job: str) -> None:
+    """Connect this process to the job's cluster: ``address``, else $RAY_ADDRESS, else ``auto``."""
+    import logging
+
+    if ray.is_initialized():
+        return
+    target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=target, namespace=namespace_for(job), logging_level=logging.ERROR, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise JoinError(f"cannot reach a Ray cluster at {target!r}: {first} (pass the --address that "
+                        "`btard run` printed)") from None
+
+
+__all__ = ["AdmissionError", "JoinError", "Joined", "connect_cluster", "default_key_path", "find_controller", "join",
+           "key_paths", "leave", "load_or_create", "unwrap"]

@@ -1,0 +1,95 @@
+"""Peers that crash or stay silent: how the driver notices them (design §4: dropped, not banned).
+
+Every round of a step ends with the driver collecting one result per peer. :func:`gather`
+waits at most ``timeout`` seconds (``timeouts.phase_seconds``) for all of them. A peer whose
+result did not come in time is *silent*; a peer whose actor died (process crash, ``ray.kill``,
+its node removed) is *crashed*. Either way :class:`PeerFailure` names them, and the driver
+drops them and finishes the step without them.
+
+A result can also be an error because *another* peer died (an aggregator whose call failed
+fetching a dead peer's part). Ray's task errors take the class of their cause, so the error
+alone cannot say whose fault it was: after any error :func:`gather` probes every peer of the
+round with a cheap call, and only those that do not answer are failed. An error with every
+peer alive is a bug and is raised as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import ray
+from ray.actor import ActorHandle
+
+CRASHED = "crashed"
+SILENT = "silent"
+PROBE_SECONDS = 10.0  # a live actor that finished its round answers a ping at once
+
+
+class PeerFailure(RuntimeError):
+    """Peers that crashed or stayed silent in ``phase``: ``failed`` maps peer id → why."""
+
+    def __init__(self, failed: Mapping[int, str], phase: str) -> None:
+        self.failed = dict(failed)
+        self.phase = phase
+        super().__init__(f"{phase}: " + ", ".join(f"peer {p} {why}" for p, why in sorted(self.failed.items())))
+
+
+def gather(refs: Mapping[int, ray.ObjectRef], handles: Mapping[int, ActorHandle], timeout: float | None,
+           phase: str) -> dict[int, Any]:
+    """Every peer's result of one round, or :class:`PeerFailure` naming who failed.
+
+    ``refs``: one result per peer; ``handles``: the peers' actors (probed after an error).
+    """
+    values, failed = gather_surviving(refs, handles, timeout, phase)
+    if failed:
+        raise PeerFailure(failed, phase)
+    return values
+
+
+def gather_surviving(refs: Mapping[int, ray.ObjectRef], handles: Mapping[int, ActorHandle],
+                     timeout: float | None, phase: str) -> tuple[dict[int, Any], dict[int, str]]:
+    """Like :func:`gather`, but returns (results of the peers that answered, failed peers).
+
+    Silent peers are killed, so that they cannot act later in a step that went on without
+    them. Raises the first error when a result failed although every peer is alive.
+    """
+    if not refs:
+        return {}, {}
+    order = list(refs)
+    ready, _ = ray.wait([refs[p] for p in order], num_returns=len(order), timeout=timeout)
+    done = set(ready)
+    failed = {p: SILENT for p in order if refs[p] not in done}
+    values: dict[int, Any] = {}
+    errors: dict[int, Exception] = {}
+    for p in order:
+        if p in failed:
+            continue
+        try:
+            values[p] = ray.get(refs[p])
+        except ray.exceptions.RayError as exc:
+            errors[p] = exc
+    if errors:
+        failed.update(probe({p: handles[p] for p in order if p not in failed}))
+        unexplained = [p for p in errors if p not in failed]
+        if unexplained and len(failed) == 0:
+            raise errors[unexplained[0]]
+    for p in [p for p, why in failed.items() if why == SILENT]:
+        ray.kill(handles[p], no_restart=True)
+    return {p: v for p, v in values.items() if p not in failed and p not in errors}, failed
+
+
+def probe(handles: Mapping[int, ActorHandle], timeout: float = PROBE_SECONDS) -> dict[int, str]:
+    """The peers among ``handles`` that are dead (crashed) or do not answer a ping (silent)."""
+    pings = {p: h.ping.remote() for p, h in handles.items()}
+    ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=timeout)
+    done = set(ready)
+    failed: dict[int, str] = {}
+    for p, ref in pings.items():
+        if ref not in done:
+            failed[p] = SILENT
+            continue
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError:
+            failed[p] = CRASHED
+    return failed

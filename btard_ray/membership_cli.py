@@ -1,0 +1,214 @@
+"""``btard join``, ``btard leave`` and ``btard status``: taking part in a running job by name.
+
+Errors print one line and exit 2 (no such job, the job admits nobody, a refused puzzle
+solution, a leave request not signed by the peer's key or the job's key).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+err = Console(stderr=True)
+out = Console()
+
+JOB_OPT = typer.Option(..., "--job", "-j", help="The job's name (`btard run` and `btard submit` print it).")
+ADDRESS_OPT = typer.Option(
+    None, "--address", "-a",
+    help="Ray address of the job's cluster (HOST:PORT, as `btard run` prints it). Default: $RAY_ADDRESS, else "
+         "the cluster `ray start` / `btard cluster start` made on this machine.", show_default=False)
+POLL_SECONDS = 1.0
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _controller(job: str, address: Optional[str]):
+    from admission.client import JoinError, connect_cluster, find_controller
+
+    try:
+        connect_cluster(address, job)
+        return find_controller(job)
+    except JoinError as exc:
+        _fail(str(exc))
+
+
+def join(
+    job: str = JOB_OPT,
+    address: Optional[str] = ADDRESS_OPT,
+    key: Optional[Path] = typer.Option(
+        None, "--key", "-k", help="Ed25519 key file (made with mode 0600 if missing). Default: ~/.btard/keys/JOB.key; "
+                                  "with --count K also JOB-1.key ... JOB-(K-1).key.", show_default=False),
+    attack: Optional[str] = typer.Option(
+        None, "--attack", help="Misbehave with this attack from the library (experiments: a Byzantine joiner).",
+        show_default=False),
+    count: int = typer.Option(1, "--count", "-c", min=1, help="Identities to join from this process, one after "
+                                                               "the other (the Sybil benchmark)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Stay until the job ends (this process owns the "
+                                                             "peers: when it exits, they are dropped)."),
+) -> None:
+    """Join a running job as a new, untrusted peer.
+
+    Solves the job's admission puzzle (argon2id, about admission.alpha gradients of work)
+    for each identity, starts a peer actor on this machine, and waits while it serves its
+    probation (validated at every step, never aggregated) and then trains as an active
+    peer. Ctrl-C asks the job to let the peers leave at the next step boundary.
+
+    Example:  btard join --job quickstart --address 127.0.0.1:6379
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from admission.book import AdmissionError
+    from admission.client import JoinError, join as join_job, key_paths, load_or_create
+    from btard_ray.identity import IdentityError
+
+    import ray
+
+    controller = _controller(job, address)
+    info = ray.get(controller.job_info.remote())
+    if not info["accepting"]:
+        _fail(info["refusal"])
+    costs = info["costs"]
+    out.print(f"job [cyan]{job}[/] at step {info['step']}: a puzzle costs about "
+              f"{costs['expected_evaluations']:.0f} argon2id evaluations ({costs['alpha']:g} gradients)",
+              highlight=False)
+    joined = []
+    for path in key_paths(job, key, count):
+        try:
+            identity = load_or_create(path)
+        except IdentityError as exc:
+            _fail(str(exc))
+        with Progress(TextColumn("solving puzzle"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=out, transient=True) as progress:
+            task = progress.add_task("puzzle", total=max(1, round(costs["expected_evaluations"])))
+            try:
+                one = join_job(controller, identity, attack,
+                               on_evaluation=lambda k: progress.update(task, completed=k), info=info)
+            except (AdmissionError, JoinError) as exc:
+                _fail(str(exc))
+            except ValueError as exc:  # a bad --attack name (the config check)
+                _fail(str(exc))
+        joined.append(one)
+        out.print(f"admitted as peer [bold]{one.peer}[/] (key {one.public_key[:16]}…, {path}) after "
+                  f"{one.solution.evaluations} evaluations in {one.solution.seconds:.1f} s; probation starts at the "
+                  "next step boundary", highlight=False)
+    if wait:
+        _follow(controller, job, [j.peer for j in joined], {j.peer: p for j, p in zip(joined, key_paths(job, key, count))})
+
+
+def _follow(controller: Any, job: str, peers: list[int], keys: dict[int, Path]) -> None:
+    """Print each peer's state changes until all have ended or the job is over; Ctrl-C: leave."""
+    import ray
+
+    from admission.client import leave as leave_job
+    from btard_ray.identity import Identity
+
+    seen: dict[int, str] = {}
+    try:
+        while True:
+            try:
+                status = ray.get(controller.status.remote())
+            except ray.exceptions.RayError:
+                out.print("the job has ended")
+                return
+            records = status.get("peers", {})
+            for peer in peers:
+                record = records.get(str(peer))
+                state = record["state"] if record else "queued"
+                if seen.get(peer) != state:
+                    seen[peer] = state
+                    why = f" ({record['reason']})" if record and record.get("reason") else ""
+                    out.print(f"step {status.get('step')}: peer {peer} is {state}{why}", highlight=False)
+            if status.get("state") in ("finished", "failed"):
+                out.print(f"the job has {status['state']}")
+                return
+            if all(seen.get(p) in ("banned", "left", "dropped") for p in peers):
+                return
+            time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        for peer in peers:
+            if seen.get(peer) in ("active", "probation", "queued"):
+                try:
+                    leave_job(controller, job, peer, Identity.load(keys[peer]))
+                    out.print(f"peer {peer} leaves at the next step boundary")
+                except Exception as exc:  # noqa: BLE001 - the process exits anyway: say why it could not
+                    err.print(f"peer {peer}: could not ask to leave: {exc}")
+        # Give the driver one step boundary to let them go before this process (their owner) exits.
+        time.sleep(3 * POLL_SECONDS)
+
+
+def leave(
+    peer: int = typer.Argument(..., help="The peer id to remove (see `btard status`)."),
+    job: str = JOB_OPT,
+    address: Optional[str] = ADDRESS_OPT,
+    key: Optional[Path] = typer.Option(
+        None, "--key", "-k", help="The peer's own key file (default ~/.btard/keys/JOB.key), or the job's key "
+                                  "(RUN_DIR/job_key) to remove any peer as the job's owner.", show_default=False),
+) -> None:
+    """Make a peer leave a running job at the next step boundary (recorded as `left`).
+
+    The request is signed: by the peer's own key (a joiner leaving) or by the job's key
+    (its owner removing a peer).
+
+    Example:  btard leave 6 --job quickstart --key ~/.btard/keys/quickstart.key
+    """
+    from admission.client import default_key_path, leave as leave_job, unwrap
+    from btard_ray.identity import Identity, IdentityError
+
+    controller = _controller(job, address)
+    try:
+        identity = Identity.load(key or default_key_path(job))
+        left = leave_job(controller, job, peer, identity)
+    except IdentityError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - LeaveError from the controller: one line
+        _fail(str(unwrap(exc)))
+    out.print(f"peer {left} leaves job {job} at the next step boundary")
+
+
+def status(
+    job: str = JOB_OPT,
+    address: Optional[str] = ADDRESS_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print the status as one JSON object."),
+) -> None:
+    """Show a running job: step, recent accuracy, and every peer (active, probation, banned, left, dropped).
+
+    Example:  btard status --job quickstart
+    """
+    import json
+
+    import ray
+
+    controller = _controller(job, address)
+    try:
+        st = ray.get(controller.status.remote())
+    except ray.exceptions.RayError:
+        _fail(f"job {job!r} ended while asking for its status")
+    if as_json:
+        typer.echo(json.dumps(st, default=str))
+        return
+    accuracy = st.get("last_eval", {}).get("test_accuracy")
+    out.print(f"job [cyan]{job}[/] {st.get('state', '?')}: step {st.get('step')}/{st.get('steps')}, test accuracy "
+              + (f"{100 * accuracy:.2f}%" if accuracy is not None else "not measured yet")
+              + f", {st.get('queued', 0)} admitted and waiting, {st.get('rejected_solutions', 0)} solutions rejected",
+              highlight=False)
+    history = st.get("history", [])
+    if history:
+        out.print("recent accuracy: " + ", ".join(f"step {h['step']}: {100 * h['test_accuracy']:.1f}%"
+                                                  for h in history[-5:]), highlight=False)
+    table = Table("peer", "state", "joined", "promoted", "ended", "reason", "parts aggregated", "key")
+    for pid, r in sorted(st.get("peers", {}).items(), key=lambda kv: int(kv[0])):
+        table.add_row(pid, r["state"], _step(r["joined_step"]), _step(r["promoted_step"]), _step(r["ended_step"]),
+                      r.get("reason") or "", str(r.get("aggregated_parts", 0)), r["public_key"][:16] + "…")
+    out.print(table)
+
+
+def _step(value: Any) -> str:
+    return "" if value is None else str(value)

@@ -1,0 +1,166 @@
+"""Elastic membership with real Ray: joiners, probation, departures, crashes (issue 5).
+
+Each test runs a real job (``train``) in a background thread of the test process, on the
+session's Ray instance, and acts on it from the main thread the way another process would:
+through the job's named admission controller (``admission.client``, the code behind
+``btard join``). Peers are real actors; the joiners' puzzles are real argon2id; bans come
+from real validation; ``ray.kill`` really kills a peer mid-step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from admission.client import find_controller, join
+from btard_ray.config import load_config
+from btard_ray.identity import Identity
+from btard_ray.ledger import Ledger
+from btard_ray.run_dir import RunDir
+from btard_ray.trainer import train
+
+pytestmark = pytest.mark.integration
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+WAIT_SECONDS = 240.0
+
+
+class JobThread(threading.Thread):
+    """``train(cfg)`` in the background; ``result()`` re-raises what it raised."""
+
+    def __init__(self, cfg: Any, run_dir: Path) -> None:
+        super().__init__(daemon=True)
+        self.cfg, self.run_dir = cfg, RunDir(run_dir)
+        self.summary: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.summary = train(self.cfg, self.run_dir, show_progress=False)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self.error = exc
+
+    def result(self) -> dict[str, Any]:
+        self.join(WAIT_SECONDS)
+        assert not self.is_alive(), "the job did not finish in time"
+        if self.error is not None:
+            raise self.error
+        assert self.summary is not None
+        return self.summary
+
+
+def _start(name: str, tmp_path: Path, *overrides: str) -> tuple[JobThread, Any]:
+    cfg = load_config(QUICKSTART, [f"name={name}", "checkpoint_every=0", *overrides])
+    job = JobThread(cfg, tmp_path / name)
+    job.start()
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:  # the controller is up once the peers are built
+        try:
+            return job, find_controller(name)
+        except Exception:  # noqa: BLE001 - JoinError until the job has started
+            if time.monotonic() > deadline or not job.is_alive():
+                job.result()
+                raise AssertionError("the job's admission controller never appeared")
+            time.sleep(0.2)
+
+
+def _wait_step(controller: Any, step: int) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        status = ray.get(controller.status.remote())
+        if status.get("step", 0) >= step:
+            return status
+        assert time.monotonic() < deadline, f"the job never reached step {step}"
+        time.sleep(0.1)
+
+
+def _events(run_dir: Path) -> list[Any]:
+    with Ledger(str(run_dir / "ledger.db"), create=False) as ledger:
+        assert ledger.verify().ok
+        return list(ledger.events())
+
+
+def test_honest_joiner_is_promoted_and_aggregates_attacker_is_banned_in_probation(ray_session, tmp_path):
+    job, controller = _start("elastic-join", tmp_path, "steps=36", "eval_every=36", "admission.alpha=1",
+                             "admission.probation_steps=3", "admission.max_joins_per_step=1")
+    _wait_step(controller, 2)
+    honest = join(controller, Identity.generate())
+    byzantine = join(controller, Identity.generate(), attack="sign_flip")
+    summary = job.result()
+
+    records = summary["membership"]
+    good, bad = records[str(honest.peer)], records[str(byzantine.peer)]
+    # the honest joiner served its probation, was promoted, and then aggregated parts
+    assert good["state"] == "active" and good["promoted_step"] is not None
+    assert good["promoted_step"] - good["joined_step"] == 3 + 1 - 1  # 3 clean steps, promoted at the next boundary
+    assert good["aggregated_parts"] == 36 - good["promoted_step"]
+    # the sign-flipping joiner was caught by probation validation and never aggregated
+    assert bad["state"] == "banned" and bad["reason"] == "wrong_gradient"
+    assert bad["promoted_step"] is None and bad["aggregated_parts"] == 0
+    assert bad["ended_step"] == bad["joined_step"]  # validated at its very first step
+    assert summary["banned"] == [{"peer": byzantine.peer, "step": bad["ended_step"], "reason": "wrong_gradient"}]
+    assert summary["skipped_steps"] == []  # a probationer's gradient never reaches the aggregates
+    assert summary["active_peers"] == 7 and summary["weights_agree"]
+    assert summary["attackers"] == [byzantine.peer]
+
+    kinds = [(e.kind, e.peer) for e in _events(tmp_path / "elastic-join")]
+    for kind in ("admitted", "probation_passed", "promoted"):
+        assert (kind, str(honest.peer)) in kinds
+    for kind in ("admitted", "probation_failed", "banned"):
+        assert (kind, str(byzantine.peer)) in kinds
+    assert ("promoted", str(byzantine.peer)) not in kinds
+
+
+def test_a_peer_killed_mid_step_is_dropped_not_banned(ray_session, tmp_path):
+    job, controller = _start("elastic-kill", tmp_path, "steps=30", "eval_every=30")
+    _wait_step(controller, 8)
+    victim = 2
+    ray.kill(ray.get(controller.actor.remote(victim)))
+    summary = job.result()
+
+    assert summary["steps"] == 30 and summary["weights_agree"]  # train() checks every peer's hash
+    assert [d["peer"] for d in summary["dropped"]] == [victim]
+    assert summary["dropped"][0]["reason"] == "crashed"
+    assert summary["banned"] == [] and summary["accusations"] == 0
+    assert summary["active_peers"] == 5
+    assert summary["membership"][str(victim)]["state"] == "dropped"
+    kinds = [(e.kind, e.peer) for e in _events(tmp_path / "elastic-kill")]
+    assert ("dropped", str(victim)) in kinds and not any(k == "banned" for k, _ in kinds)
+
+
+def test_a_peer_silent_past_the_timeout_is_dropped(ray_session, tmp_path):
+    # The `late` attacker sleeps 30 s in its commit phase from step 3: longer than the 4 s
+    # phase timeout, so it is dropped and the step runs again without it.
+    job, _ = _start("elastic-silent", tmp_path, "steps=12", "eval_every=12", "timeouts.phase_seconds=4",
+                    "attack.name=late", "attack.count=1", "attack.start_step=3", "attack.params.delay_s=30")
+    summary = job.result()
+    late = summary["attackers"]
+    assert [d["peer"] for d in summary["dropped"]] == late
+    assert summary["dropped"][0]["reason"] == "silent"
+    assert summary["banned"] == [] and summary["steps"] == 12 and summary["active_peers"] == 5
+
+
+def test_leave_at_the_next_step_boundary(ray_session, tmp_path):
+    from admission.client import leave
+
+    job, controller = _start("elastic-leave", tmp_path, "steps=20", "eval_every=20", "admission.alpha=1")
+    _wait_step(controller, 2)
+    joiner_key = Identity.generate()
+    joined = join(controller, joiner_key)
+    # nobody but the peer itself (or the job's owner) may make it leave
+    with pytest.raises(ValueError, match="not signed by its key"):
+        leave(controller, "elastic-leave", joined.peer, Identity.generate())
+    status = _wait_step(controller, 6)
+    assert status["peers"][str(joined.peer)]["state"] == "probation"
+    assert leave(controller, "elastic-leave", joined.peer, joiner_key) == joined.peer
+    summary = job.result()
+    assert summary["membership"][str(joined.peer)]["state"] == "left"
+    assert [entry["peer"] for entry in summary["left"]] == [joined.peer]
+    assert summary["banned"] == [] and summary["dropped"] == [] and summary["active_peers"] == 6
+    kinds = [(e.kind, e.peer) for e in _events(tmp_path / "elastic-leave")]
+    assert ("left", str(joined.peer)) in kinds
