@@ -142,12 +142,27 @@ def connect_cluster(address: str | None, job: str) -> None:
     if ray.is_initialized():
         return
     target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    _reachable(target)
     try:
         ray.init(address=target, namespace=namespace_for(job), logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise JoinError(f"cannot reach a Ray cluster at {target!r}: {first} (pass the --address that "
                         "`btard run` printed)") from None
+
+
+def _reachable(target: str) -> None:
+    """Fail fast on HOST:PORT that nothing listens on (``ray.init`` would retry for minutes)."""
+    import socket
+
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or "://" in target:
+        return  # "auto" or a URL: Ray resolves and reports it
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise JoinError(f"cannot reach a Ray cluster at {target!r}: {exc.strerror or exc} (pass the --address "
+                        "that `btard run` printed)") from None
 
 
 __all__ = ["AdmissionError", "JoinError", "Joined", "connect_cluster", "default_key_path", "find_controller", "join",

@@ -32,11 +32,6 @@ from btard_ray.cluster_cli import cluster_app  # noqa: E402
 from btard_ray.jobs_cli import jobs_app, submit  # noqa: E402
 from btard_ray.ledger_cli import ledger_app  # noqa: E402
 
-from btard_ray.membership_cli import join, leave, status  # noqa: E402
-
-app.command()(join)
-app.command()(leave)
-app.command()(status)
 app.add_typer(ledger_app, name="ledger", help="Audit a ban ledger: list, show a peer, export, verify.")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(jobs_app, name="jobs")
@@ -267,6 +262,13 @@ def show_config(config: Optional[Path] = CONFIG_ARG, overrides: list[str] = SET_
 
 
 app.command("submit")(submit)  # defined in jobs_cli.py; registered here to list after `config`
+
+
+from btard_ray.membership_cli import join, leave, status  # noqa: E402
+
+app.command()(join)
+app.command()(leave)
+app.command()(status)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ SMALL = ["--set", "steps=6", "--set", "peers=3", "--set", "eval_every=6", "--set
 NEW_COMMANDS = [
     ["cluster"], ["cluster", "start"], ["cluster", "stop"], ["cluster", "status"], ["submit"],
     ["jobs"], ["jobs", "list"], ["jobs", "status"], ["jobs", "logs"], ["jobs", "stop"],
+    ["join"], ["leave"], ["status"],
 ]
 runner = CliRunner()
 
@@ -249,6 +250,37 @@ def test_unknown_job_name_is_one_line_exit_2(cluster, command):
     assert result.exit_code == 2
     assert "no job named 'no-such-job'" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.integration
+def test_join_a_submitted_job_from_a_second_process(cluster, client, tmp_path):
+    """`btard join` in its own process finds the submitted job by name, solves the puzzle,
+    serves its probation and is promoted; the job's summary and ledger show it."""
+    name = "joined"
+    result = _btard("submit", QUICKSTART, "--name", name, "--set", "peers=3", "--set", "steps=40",
+                    "--set", "eval_every=40", "--set", "checkpoint_every=0", "--set", "admission.alpha=1",
+                    "--set", "admission.probation_steps=3", "--out", str(cluster.runs / name), "--address", cluster.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    deadline = time.monotonic() + 180
+    while "is joinable" not in client.get_job_logs(name) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "is joinable" in client.get_job_logs(name), client.get_job_logs(name)
+
+    key = tmp_path / "joiner.key"
+    joined = _btard("join", "--job", name, "--address", cluster.gcs, "--key", str(key), timeout=300)
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    assert "admitted as peer 3" in joined.stdout
+    assert "peer 3 is active" in joined.stdout  # promoted after probation, while the job ran
+    assert key.stat().st_mode & 0o777 == 0o600
+
+    assert _wait_for(client, name, {"SUCCEEDED", "FAILED", "STOPPED"}) == "SUCCEEDED"
+    summary = json.loads((cluster.runs / name / "summary.json").read_text())
+    record = summary["membership"]["3"]
+    assert record["state"] == "active" and record["aggregated_parts"] > 0
+    assert summary["active_peers"] == 4 and summary["banned"] == []
+    shown = runner.invoke(app, ["ledger", "show", "3", "--db", str(cluster.runs / name), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert [e["kind"] for e in json.loads(shown.output)] == ["admitted", "probation_passed", "promoted"]
 
 
 @pytest.mark.integration

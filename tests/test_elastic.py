@@ -9,6 +9,7 @@ from real validation; ``ray.kill`` really kills a peer mid-step.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -145,6 +146,13 @@ def test_a_peer_silent_past_the_timeout_is_dropped(ray_session, tmp_path):
     assert summary["banned"] == [] and summary["steps"] == 12 and summary["active_peers"] == 5
 
 
+def test_an_unknown_job_name_is_a_clear_error(ray_session):
+    from admission.client import JoinError
+
+    with pytest.raises(JoinError, match="no running job named 'no-such-job'"):
+        find_controller("no-such-job")
+
+
 def test_leave_at_the_next_step_boundary(ray_session, tmp_path):
     from admission.client import leave
 
@@ -157,6 +165,16 @@ def test_leave_at_the_next_step_boundary(ray_session, tmp_path):
         leave(controller, "elastic-leave", joined.peer, Identity.generate())
     status = _wait_step(controller, 6)
     assert status["peers"][str(joined.peer)]["state"] == "probation"
+    # `btard status` shows the same (the test process is connected, as a CLI process would be)
+    from typer.testing import CliRunner
+
+    from btard_ray.cli import app
+
+    shown = CliRunner().invoke(app, ["status", "--job", "elastic-leave", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["peers"][str(joined.peer)]["state"] == "probation"
+    table = CliRunner().invoke(app, ["status", "--job", "elastic-leave"])
+    assert table.exit_code == 0 and "probation" in table.output and "active" in table.output
     assert leave(controller, "elastic-leave", joined.peer, joiner_key) == joined.peer
     summary = job.result()
     assert summary["membership"][str(joined.peer)]["state"] == "left"
