@@ -179,7 +179,8 @@ def run_variant(variant: str, args: argparse.Namespace, work: Path) -> dict[str,
                            text=True, start_new_session=True)
     job_out = Reader(job, work / f"job-{variant}.log")
     job_out.start()
-    attacker: subprocess.Popen | None = None
+    attackers: list[subprocess.Popen] = []
+    att_out: list[Reader] = []
     polls: list[dict[str, Any]] = []
     try:
         address = None
@@ -195,15 +196,20 @@ def run_variant(variant: str, args: argparse.Namespace, work: Path) -> dict[str,
         print(f"[{variant}] job {name} is joinable at {address} ({time.time() - t_launch:.0f} s after launch)",
               flush=True)
         pin = ["taskset", "-c", str(args.core)] if shutil.which("taskset") and args.core >= 0 else []
-        attack_cmd = [*pin, *btard_command(), "join", "--job", name, "--address", address, "--count", str(args.count),
-                      "--key", str(keys / "sybil.key"), "--wait"]
-        if variant == "sign_flip":
-            attack_cmd += ["--attack", "sign_flip"]
+        attack_cmds = []
+        for i in range(args.processes):
+            cmd = [*pin, *btard_command(), "join", "--job", name, "--address", address, "--count", str(args.count),
+                   "--key", str(keys / f"sybil{'-' + chr(97 + i) if args.processes > 1 else ''}.key"), "--wait"]
+            if variant == "sign_flip":
+                cmd += ["--attack", "sign_flip"]
+            attack_cmds.append(cmd)
         t_attack = time.time()
-        attacker = subprocess.Popen(attack_cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        att_out = Reader(attacker, work / f"attacker-{variant}.log")
-        att_out.start()
+        for i, cmd in enumerate(attack_cmds):
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, start_new_session=True)
+            attackers.append(proc)
+            att_out.append(Reader(proc, work / f"attacker-{variant}-{i}.log"))
+            att_out[-1].start()
 
         # Poll the job's admission controller from this process.
         ray.init(address=address, namespace=f"btard-{name}", logging_level=logging.ERROR, log_to_driver=False)
@@ -248,15 +254,17 @@ def run_variant(variant: str, args: argparse.Namespace, work: Path) -> dict[str,
         if ray.is_initialized():
             ray.shutdown()
         t_end = time.time()
-        if attacker is not None:
-            _kill_group(attacker)
+        for proc in attackers:
+            _kill_group(proc)
         _kill_group(job, grace=30)
         job_out.join(timeout=5)
     if job.returncode != 0:
         raise RuntimeError(f"the job exited with {job.returncode}; see {work / f'job-{variant}.log'}:\n"
                            + "\n".join(l for _, l in job_out.lines[-30:]))
-    att_out.join(timeout=5)
-    return analyse(variant, args, run_dir, keys, polls, job_out.lines, att_out.lines, attack_cmd, job_cmd,
+    for reader in att_out:
+        reader.join(timeout=5)
+    att_lines = sorted(line for reader in att_out for line in reader.lines)
+    return analyse(variant, args, run_dir, keys, polls, job_out.lines, att_lines, attack_cmds, job_cmd,
                    t_launch, t_attack, t_end)
 
 
@@ -271,7 +279,7 @@ def _step_at(polls: list[dict[str, Any]], t: float) -> int:
 
 
 def analyse(variant: str, args: argparse.Namespace, run_dir: Path, keys: Path, polls: list[dict[str, Any]],
-            job_lines: list[tuple[float, str]], att_lines: list[tuple[float, str]], attack_cmd: list[str],
+            job_lines: list[tuple[float, str]], att_lines: list[tuple[float, str]], attack_cmds: list[list[str]],
             job_cmd: list[str], t_launch: float, t_attack: float, t_end: float) -> dict[str, Any]:
     summary = json.loads((run_dir / "summary.json").read_text())
     events = Ledger(run_dir / "ledger.db", create=False).events()
@@ -384,8 +392,8 @@ def analyse(variant: str, args: argparse.Namespace, run_dir: Path, keys: Path, p
         "variant": variant,
         "job": summary["job"],
         "job_command": " ".join(job_cmd[1:]).replace(str(run_dir), "<tmp>/run"),
-        "attacker_command": " ".join(attack_cmd).replace(str(keys), "<tmp>/keys").replace(
-            btard_command()[0], "btard"),
+        "attacker_commands": [" ".join(cmd).replace(str(keys), "<tmp>/keys").replace(btard_command()[0], "btard")
+                              for cmd in attack_cmds],
         "steps": steps,
         "job_wall_seconds": round(t_end - t_launch, 1),
         "summary_wall_seconds": summary["wall_seconds"],

@@ -57,6 +57,11 @@ def gather_surviving(refs: Mapping[int, ray.ObjectRef], handles: Mapping[int, Ac
         return {}, {}
     order = list(refs)
     ready, _ = ray.wait([refs[p] for p in order], num_returns=len(order), timeout=timeout)
+    if len(ready) == len(order):
+        try:  # the common case: one batched get
+            return dict(zip(order, ray.get([refs[p] for p in order]))), {}
+        except ray.exceptions.RayError:
+            pass  # find out whose result failed, one by one
     done = set(ready)
     failed = {p: SILENT for p in order if refs[p] not in done}
     values: dict[int, Any] = {}
