@@ -20,13 +20,14 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 
-from admission.book import CLOSED, OTHER_KEY, RATE_LIMITED, AdmissionBook, AdmissionError
+from admission.book import CLOSED, EXPIRED, OTHER_KEY, RATE_LIMITED, REPLAYED, WRONG, AdmissionBook, AdmissionError
 from admission.puzzle import PuzzleParams
 from btard_ray.config import JobConfig
 from btard_ray.messages import Message, MessageError
 
 CONTROLLER_NAME = "admission"
-CALL_SECONDS = 30.0  # how long the controller waits on a joiner's actor (it must not stall the job)
+#: refusals written to the ledger: those of an authentic message about one of our challenges
+RECORDED = (WRONG, EXPIRED, REPLAYED, OTHER_KEY)
 _MB = 1024 * 1024
 
 
@@ -65,6 +66,7 @@ class AdmissionController:
         self.issued: dict[int | None, int] = {}
         self.actors: dict[int, ActorHandle] = {}
         self.handed: dict[int, str] = {}
+        self.recorded: set[tuple[str, str, str]] = set()
 
     # -- joiners -----------------------------------------------------------------------------
 
@@ -88,41 +90,37 @@ class AdmissionController:
     def submit(self, raw_solution: dict[str, Any], actor: ActorHandle) -> int:
         """Check a signed solution (one puzzle evaluation) and queue ``actor``; its peer id.
 
-        ``actor`` is the joiner's Peer, created with the key that signed the solution. A wrong,
+        ``actor`` is the joiner's Peer, created with the key that signed the solution. The
+        controller never calls it (a joiner's actor runs its owner's code and could stall
+        it): the driver checks its key, with a timeout, when it takes the peer in. A wrong,
         expired, replayed or other-key solution raises :class:`AdmissionError` and is written
-        to the ledger (``admission_rejected``) with the signed message as evidence.
+        to the ledger (``admission_rejected``, under the signer's key, with the signed message
+        as evidence), once per challenge, signer and reason.
         """
         if not self.accepting:
             raise AdmissionError(CLOSED, self.refusal)
         try:
             admission = self.book.check(raw_solution)
-            info = ray.get(actor.info.remote(), timeout=CALL_SECONDS)
-            if info.get("public_key") != admission.public_key:
-                raise AdmissionError(OTHER_KEY, f"the joining actor's key {str(info.get('public_key'))[:16]}… is not "
-                                                f"the key that solved the puzzle ({admission.public_key[:16]}…)")
         except AdmissionError as exc:
             self._reject(raw_solution, exc)
             raise
         peer = self.next_id
         self.next_id += 1
-        ray.get(actor.assign_id.remote(peer), timeout=CALL_SECONDS)
         self.queue.append({"peer": peer, "actor": actor, "public_key": admission.public_key,
-                           "evidence": admission.evidence(), "node": info.get("node_id"),
-                           "attacker": bool(info.get("attacker"))})
+                           "evidence": admission.evidence()})
         return peer
 
     def _reject(self, raw: Any, exc: AdmissionError) -> None:
         self.rejected += 1
-        if self.tribunal is None:
-            return
-        sender = raw.get("sender") if isinstance(raw, dict) and isinstance(raw.get("sender"), str) else None
-        details: dict[str, Any] = {"problem": str(exc)}
-        try:
-            details["evidence"] = [Message.from_dict(raw).to_dict()]
-        except (MessageError, TypeError, AttributeError):
-            details["evidence"] = []  # not even a message: nothing to keep but the problem
-        ray.get(self.tribunal.record.remote(self.book.step, "admission_rejected", (sender or "unknown")[:64],
-                                            exc.reason, details))
+        if self.tribunal is None or exc.reason not in RECORDED:
+            return  # a message that does not verify is nobody's: there is nothing to attribute
+        msg = Message.from_dict(raw)  # (it parsed and verified, or the reason would be bad_message)
+        key = (exc.reason, str(msg.payload.get("challenge_id")), msg.sender)
+        if key in self.recorded:
+            return  # a replayed message fills no ledger
+        self.recorded.add(key)
+        ray.get(self.tribunal.record.remote(self.book.step or 0, "admission_rejected", msg.sender, exc.reason,
+                                            {"problem": str(exc), "evidence": [msg.to_dict()]}))
 
     # -- leaving -----------------------------------------------------------------------------
 
@@ -165,8 +163,9 @@ class AdmissionController:
     def sync(self, step: int, seed: bytes, status: dict[str, Any], capacity: int) -> dict[str, Any]:
         """The driver's per-step call: see the module docstring."""
         self.book.advance(step, seed or bytes(32))
-        if status.get("gradient_seconds"):
-            self.book.set_gradient_seconds(float(status["gradient_seconds"]))
+        seconds = status.get("gradient_seconds")
+        if isinstance(seconds, float) and 0.0 < seconds < 3600.0:  # the median over active members
+            self.book.set_gradient_seconds(seconds)
         self.status_ = {**status, "step": step}
         taken, self.queue = self.queue[:max(capacity, 0)], self.queue[max(capacity, 0):]
         # handed to the driver, in the status from the next sync on
@@ -178,9 +177,16 @@ class AdmissionController:
         """The peers' actors by id (the driver sends them whenever the membership changes)."""
         self.actors = dict(actors)
 
-    def actor(self, peer: int) -> ActorHandle:
-        """Peer ``peer``'s actor (for operators and fault tests); KeyError if it has none."""
-        return self.actors[peer]
+    def actor(self, raw: dict[str, Any]) -> ActorHandle:
+        """A peer's actor, for the job's owner only: ``raw`` is an ``admin`` message signed by
+        the job key, payload ``{"actor": peer id}`` (fault drills: ``ray.kill`` it)."""
+        try:
+            msg = Message.from_dict(raw)
+        except MessageError as exc:
+            raise LeaveError(f"not a signed request: {exc}") from None
+        if msg.kind != "admin" or msg.job != self.job or msg.sender != self.job_public_key or not msg.signature_valid():
+            raise LeaveError("only the job's key may ask for a peer's actor")
+        return self.actors[int(msg.payload["actor"])]
 
     def publish(self, status: dict[str, Any]) -> None:
         """A status update between syncs (the job finished, failed)."""

@@ -6,14 +6,19 @@ job (``btard run configs/quickstart.yaml``, 6 honest peers, local Ray) as a subp
 parses the ``btard join --job NAME --address HOST:PORT`` line it prints, and starts the
 attacker as a second subprocess::
 
-    taskset -c 1 btard join --job NAME --address ADDR --count K [--attack sign_flip] --key KEYS/sybil.key --wait
+    taskset -c 1 btard join --job NAME --address ADDR --count K [--attack sign_flip] --key KEYS/sybil-a.key --wait
+    taskset -c 1 btard join ... --key KEYS/sybil-b.key --wait        (--processes 2, the default)
 
-K (default 1000) is far more than the attacker can pay for during the run, so the joiner
-solves puzzles back to back for the whole run: what it gets is what one core buys, and
-``--wait`` keeps the process (which owns its peers' actors) alive, so its admitted peers
-stay in the job until the end. It is stopped after the job has finished. ``taskset`` pins
-the puzzle solving to one core (without taskset the budget is still one core: the joiner is
-one process and argon2id solving is single-threaded). The Sybils' Peer actors themselves run
+K (default 1000) is far more than the attacker can pay for during the run, so the joiners
+solve puzzles for the whole run: what they get is what one core buys, and ``--wait`` keeps
+each process (which owns its peers' actors) alive, so its admitted peers stay in the job
+until the end (``--no-wait`` would exit after K identities and take them along). They are
+stopped after the job has finished. ``taskset`` pins both processes to the same core, so
+the budget is one core however many processes use it (without taskset, ``--processes 1``
+is still one core: argon2id solving is single-threaded). Two processes because one
+``btard join`` idles between puzzles: after a solution it starts the Sybil's Peer actor and
+waits until the controller has accepted it (seconds on a loaded machine) before it asks for
+the next challenge; the second process solves meanwhile. The Sybils' Peer actors themselves run
 in Ray workers on the job's machine, not on the attacker's core; on a real cluster they would
 run on the attacker's hardware and cost it gradient computations too, so the budget left for
 puzzles would be smaller than measured here.
@@ -160,7 +165,7 @@ def settings_for(args: argparse.Namespace) -> dict[str, Any]:
             "admission.probation_steps": args.probation, "admission.max_joins_per_step": args.max_joins,
             "admission.max_probation_share": 0.5, "admission.expiry_steps": 50, "admission.memlimit_mb": 8,
             "admission.opslimit": 1, "resources.cpus_per_peer": args.cpus_per_peer, "count": args.count,
-            "core": args.core}
+            "processes": args.processes, "core": args.core}
 
 
 def run_variant(variant: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -304,7 +309,10 @@ def analyse(variant: str, args: argparse.Namespace, run_dir: Path, keys: Path, p
         if m:
             identities.append({"peer": int(m.group(1)), "t": t, "step": _step_at(polls, t),
                                "evaluations": int(m.group(4)), "seconds": float(m.group(5))})
-    errors = [line for _, line in att_lines if "error" in line.lower() or "Traceback" in line]
+    t_done = next((t for t, line in job_lines if line.startswith("done:")), t_end)
+    attack_wall = t_done - t_attack
+    # (a joiner in the middle of a join when the job ends fails: only earlier errors count)
+    errors = [line for t, line in att_lines if t < t_done and ("error" in line.lower() or "Traceback" in line)]
     if start_step is None:
         start_step = _step_at(polls, t_attack)
     by_peer = {e.peer: e for e in events if e.kind == "admitted"}
@@ -338,7 +346,6 @@ def analyse(variant: str, args: argparse.Namespace, run_dir: Path, keys: Path, p
     total_k = sum(i.get("expected_evaluations") or 0.0 for i in identities)
     solve_s = sum(i["seconds"] for i in identities)
     att_eval_s = solve_s / total_eval if total_eval else float("nan")
-    attack_wall = (identities[-1]["t"] if identities else t_end) - t_attack
 
     # -- per step: admissions and the share of Byzantine active peers --------------------------
     def present(r: dict[str, Any], t: int, state_from: int | None) -> bool:
@@ -377,14 +384,21 @@ def analyse(variant: str, args: argparse.Namespace, run_dir: Path, keys: Path, p
     # (share 1/2), at a constant admission rate r: H/r steps of admissions, then probation.
     to_half = {name: (honest_active / r + args.probation + 1 if r > 0 else math.inf)
                for name, r in (("measured", rate), ("bound", rate_bound))}
-    # step durations: with an identity accepted in them (the controller waits for the joiner's
-    # actor inside submit, and the driver's next sync waits for the controller) and without
-    durations = {}
-    for a, b in zip(per_step, per_step[1:]):
-        if a["t"] is not None and b["t"] is not None and a["step"] >= start_step:
-            durations[a["step"]] = b["t"] - a["t"]
-    with_join = [d for s, d in durations.items() if any(i["step"] in (s, s - 1) for i in identities)]
-    without = [d for s, d in durations.items() if not any(i["step"] in (s, s - 1) for i in identities)]
+    # Step durations between polls: intervals in which the controller accepted an identity
+    # (it waits for the joiner's new actor inside submit(), and the driver's next sync waits
+    # for the controller) against the others.
+    seen: dict[int, float] = {}
+    for p in window:
+        seen.setdefault(p["step"], p["t"])
+    marks = sorted(seen.items())
+    with_join: list[tuple[float, int]] = []
+    without: list[tuple[float, int]] = []
+    for (s1, t1), (s2, t2) in zip(marks, marks[1:]):
+        hit = any(t1 < i["t"] <= t2 + POLL_SECONDS for i in identities)
+        (with_join if hit else without).append((t2 - t1, s2 - s1))
+    def per_step_s(xs: list[tuple[float, int]]) -> float | None:
+        return sum(d for d, _ in xs) / sum(n for _, n in xs) if xs else None
+    stalled_share = sum(d for d, _ in with_join) / max(1e-9, sum(d for d, _ in with_join + without))
     ban_delay = [i["ended_step"] - i["taken_in_step"] for i in identities
                  if i.get("state") == "banned" and i.get("taken_in_step") is not None and i.get("ended_step") is not None]
 
@@ -418,9 +432,9 @@ def analyse(variant: str, args: argparse.Namespace, run_dir: Path, keys: Path, p
         "attacker_seconds_per_evaluation": att_eval_s,
         "attacker_solve_seconds": solve_s,
         "attacker_wall_seconds": attack_wall,
-        "attacker_core_busy": solve_s / attack_wall if attack_wall > 0 else None,
+        # the puzzle work it got done, in cores at the controller's measured speed per evaluation
+        "attacker_cores_of_work": total_eval * eval_s / attack_wall if attack_wall > 0 else None,
         "attacker_errors": errors[:5],
-        "rate_if_solving_back_to_back": (step_wall / (att_eval_s * total_k / accepted)) if accepted and total_k else None,
         "byzantine_peers": sorted(byz),
         "ledger_counts": ledger_counts,
         "ledger_counts_byzantine": ledger_byz,
@@ -431,9 +445,10 @@ def analyse(variant: str, args: argparse.Namespace, run_dir: Path, keys: Path, p
         "first_step_share_half": first_half,
         "honest_active_at_end": honest_active,
         "steps_to_half_from_start": to_half,
-        "step_seconds_with_join": statistics.fmean(with_join) if with_join else None,
-        "step_seconds_without_join": statistics.fmean(without) if without else None,
-        "max_step_seconds": max(durations.values()) if durations else None,
+        "step_seconds_with_join": per_step_s(with_join),
+        "step_seconds_without_join": per_step_s(without),
+        "max_interval_seconds_with_join": max((d for d, _ in with_join), default=None),
+        "wall_share_in_intervals_with_join": stalled_share,
         "identities": identities,
         "per_step": per_step,
         "polls": len(polls),
@@ -462,9 +477,11 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"admission.probation_steps={s['admission.probation_steps']}, "
         f"admission.max_joins_per_step={s['admission.max_joins_per_step']}, max_probation_share=0.5, "
         f"expiry_steps=50, argon2id 8 MiB × 1 pass, resources.cpus_per_peer={s['resources.cpus_per_peer']:g} "
-        f"(so Ray can place the joiners' actors on 2 CPUs), checkpoint_every=0. Attacker: `btard join --count "
-        f"{s['count']}` pinned with `taskset -c {s['core']}` (one core), started as soon as the job was joinable "
-        "and stopped after the job finished; it solved puzzles back to back for the whole run.",
+        f"(so Ray can place the joiners' actors on 2 CPUs), checkpoint_every=0. Attacker: {s['processes']} "
+        f"`btard join --count {s['count']}` process{'es' if s['processes'] > 1 else ''}, all pinned with "
+        f"`taskset -c {s['core']}` (one core in all; two processes so that the core keeps solving while "
+        "one of them waits for its new Sybil's actor to start), started as soon as the job was joinable and "
+        "stopped after the job finished; they solved puzzles for the whole run (K is never reached).",
         "",
         "B (the attacker's budget in gradients per step) = wall seconds per step during the attack / the "
         "driver's measured seconds per gradient (`gradient_seconds`, which the puzzle difficulty follows). "
@@ -479,7 +496,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines += [
             f"## Variant `{r['variant']}`",
             "",
-            f"Attacker: `{r['attacker_command']}`",
+            "Attacker: " + "; ".join(f"`{c}`" for c in r["attacker_commands"]),
             "",
             "| quantity | value |",
             "|---|---|",
@@ -500,13 +517,12 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{_f(r['expected_evaluations_sum'], '.0f')} |",
             f"| attacker seconds per evaluation (controller measured) | {_f(r['attacker_seconds_per_evaluation'])} "
             f"({_f(r['evaluation_seconds_controller'])}) |",
-            f"| attacker core busy solving | {_f(100 * (r['attacker_core_busy'] or 0), '.0f')}% of "
-            f"{r['attacker_wall_seconds']:.0f} s |",
-            f"| rate if it solved back to back at its measured speed (identities/step) | "
-            f"{_f(r['rate_if_solving_back_to_back'])} |",
-            f"| step seconds: with an identity accepted in it or the step before / without | "
-            f"{_f(r['step_seconds_with_join'])} / {_f(r['step_seconds_without_join'])} (max "
-            f"{_f(r['max_step_seconds'])}) |",
+            f"| puzzle work done: evaluations × controller's evaluation_seconds / attack wall time | "
+            f"{_f(r['attacker_cores_of_work'], '.2f')} core over {r['attacker_wall_seconds']:.0f} s |",
+            f"| seconds per step in poll intervals where the controller accepted an identity / in the others | "
+            f"{_f(r['step_seconds_with_join'])} / {_f(r['step_seconds_without_join'])} (longest such interval "
+            f"{_f(r['max_interval_seconds_with_join'])} s; {_f(100 * (r['wall_share_in_intervals_with_join'] or 0), '.0f')}% "
+            "of the attack's wall time) |",
             f"| ledger, attacker's peers: admitted / probation_failed / promoted / banned / dropped | "
             f"{r['ledger_counts_byzantine']['admitted']} / {r['ledger_counts_byzantine']['probation_failed']} / "
             f"{r['ledger_counts_byzantine']['promoted']} / {r['ledger_counts_byzantine']['banned']} / "
@@ -531,7 +547,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines.append("")
     lines += ["## Conclusions", ""] + [f"- {c}" for c in result["conclusions"]] + [""]
     if result.get("plot"):
-        lines += [f"![admissions and share](sybil.png)", ""]
+        lines += ["![admissions and share](sybil.png)", ""]
     return "\n".join(lines)
 
 
@@ -548,11 +564,15 @@ def conclusions(variants: list[dict[str, Any]], args: argparse.Namespace) -> lis
         else:
             head += " The bound was exceeded (see the puzzle rows: the attacker's evaluations were cheaper than " \
                     "the controller's measurement, or the count is within chance)."
-        if r["rate_if_solving_back_to_back"]:
-            head += (f" Solving back to back at its measured speed it would have got "
-                     f"{r['rate_if_solving_back_to_back']:.3f} per step; its core was busy "
-                     f"{100 * (r['attacker_core_busy'] or 0):.0f}% of the time (the rest: `btard join` waits for "
-                     "each Sybil's actor to start and be accepted before it asks for the next challenge).")
+        if r["expected_evaluations_sum"]:
+            head += (f" The puzzle cost what it should: {r['evaluations_spent']} evaluations for identities whose "
+                     f"challenges asked {r['expected_evaluations_sum']:.0f} in expectation "
+                     f"(ratio {r['evaluations_spent'] / r['expected_evaluations_sum']:.2f}). The attacker's core did "
+                     f"{r['attacker_cores_of_work']:.2f} core of puzzle work at the controller's speed per evaluation "
+                     f"({r['attacker_seconds_per_evaluation']:.4f} s per evaluation on its core against "
+                     f"{r['evaluation_seconds_controller']:.4f} s measured by the controller: the machine is shared), "
+                     + ("so it had less than the one core the bound assumes." if r["attacker_cores_of_work"] < 0.9
+                        else "close to the one core the bound assumes."))
         out.append(head)
         lb = r["ledger_counts_byzantine"]
         if r["variant"] == "sign_flip":
@@ -617,12 +637,14 @@ def plot(result: dict[str, Any], path: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=VARIANTS, action="append", help="run only this variant (repeatable)")
-    parser.add_argument("--steps", type=int, default=150, help="steps of each job")
-    parser.add_argument("--alpha", type=float, default=100.0, help="admission.alpha: puzzle cost in gradients")
+    parser.add_argument("--steps", type=int, default=100, help="steps of each job")
+    parser.add_argument("--alpha", type=float, default=40.0, help="admission.alpha: puzzle cost in gradients")
     parser.add_argument("--probation", type=int, default=10, help="admission.probation_steps")
     parser.add_argument("--max-joins", type=int, default=1, help="admission.max_joins_per_step")
     parser.add_argument("--cpus-per-peer", type=float, default=0.05, help="resources.cpus_per_peer")
     parser.add_argument("--count", type=int, default=1000, help="btard join --count K")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="`btard join` processes, all pinned to the same core (one core's budget)")
     parser.add_argument("--core", type=int, default=1, help="the attacker's core (taskset -c); -1: no pinning")
     parser.add_argument("--max-minutes", type=float, default=10.0, help="stop a job that runs longer than this")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -630,8 +652,8 @@ def main() -> None:
     args = parser.parse_args()
     names = args.only or list(VARIANTS)
     command = "python benchmarks/sybil.py" + "".join(f" --only {n}" for n in (args.only or []))
-    for flag, default in (("steps", 150), ("alpha", 100.0), ("probation", 10), ("max_joins", 1),
-                          ("cpus_per_peer", 0.05), ("count", 1000), ("core", 1)):
+    for flag, default in (("steps", 100), ("alpha", 40.0), ("probation", 10), ("max_joins", 1),
+                          ("cpus_per_peer", 0.05), ("count", 1000), ("processes", 2), ("core", 1)):
         if getattr(args, flag) != default:
             command += f" --{flag.replace('_', '-')} {getattr(args, flag):g}"
     began = time.time()

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
-import ray
 from ray.actor import ActorHandle
 
 from btard_ray.failures import gather, gather_surviving

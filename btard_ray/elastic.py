@@ -18,7 +18,9 @@ the new membership; the partition is recomputed from the new n at the next step.
 
 from __future__ import annotations
 
+import random
 import time
+from collections import Counter
 from typing import Any
 
 import ray
@@ -58,8 +60,23 @@ class ElasticJob:
         self.stepped: list[int] = []  # peers on probation in the step now running
         self.gradient_seconds = 0.0
         self._sync: ray.ObjectRef | None = None
+        self.first_id = 0  # the lowest peer id the controller may hand out
         self.dropped: list[dict[str, Any]] = []
         self.left: list[dict[str, Any]] = []
+
+    def resumed(self, step: int) -> None:
+        """After ``btard resume``: record the joiners that were not resumed, and never hand out
+        again a peer id that the crashed driver gave (the ledger knows every id it used)."""
+        for peer, record in sorted(self.membership.records.items()):
+            if record.state == DROPPED and record.ended_step == step and record.reason == "not resumed":
+                self._record(step, "dropped", peer, "not resumed", {"why": "joined before the crash; may join again"})
+        if self.tribunal is not None:
+            from btard_ray.ledger import Ledger
+            from btard_ray.trainer import _ledger_url
+
+            with Ledger(_ledger_url(self.cfg, self.run_dir), create=False) as ledger:
+                used = [int(p) for p in ledger.peers() if p.isdigit()]
+            self.first_id = max([self.membership.next_id(), *(p + 1 for p in used)])
 
     # -- the admission controller ------------------------------------------------------------
 
@@ -76,7 +93,8 @@ class ElasticJob:
             try:
                 self.controller = AdmissionController.options(
                     name=CONTROLLER_NAME, namespace=namespace_for(self.cfg.name), scheduling_strategy=here,
-                ).remote(self.cfg.model_dump(mode="json"), self.tribunal, job_key, self.membership.next_id(), step,
+                ).remote(self.cfg.model_dump(mode="json"), self.tribunal, job_key,
+                         max(self.first_id, self.membership.next_id()), step,
                          seed or b"")
                 break
             except ValueError:  # the name is taken: a job of this name runs, or just ended
@@ -118,9 +136,13 @@ class ElasticJob:
     def boundary(self, step: int, seed: bytes | None, last_eval: dict[str, float]) -> bool:
         """Apply the changes due before ``step``; True when the membership changed."""
         changed = False
+        news = None
         if self._sync is not None:
-            news = ray.get(self._sync)
-            self._sync = None
+            # (ready long ago: it ran during the step; a stalled controller must not stall the job)
+            ready, _ = ray.wait([self._sync], timeout=self.cfg.timeouts.phase_seconds)
+            if ready:
+                news, self._sync = ray.get(self._sync), None
+        if news is not None:
             for entry in news["admitted"]:
                 changed |= self._admit(entry, step)
             for peer, request in news["leaving"].items():  # after admitting: one may leave at once
@@ -132,15 +154,13 @@ class ElasticJob:
                 changed = True
         self.passed = []
         if changed:
-            participants = self.membership.participants()
-            keys = {p: self.keys[p] for p in participants}
-            ray.get([self.peers[p].set_keys.remote(keys) for p in participants])
+            self._hand_keys(step)
             self._actors()
             if self.console is not None:
                 self.console.print(f"step {step}: {len(self.membership.active())} active, "
                                    f"{len(self.membership.on_probation())} on probation")
         self.stepped = self.membership.on_probation()
-        if self.controller is not None:
+        if self.controller is not None and self._sync is None:
             m = self.membership
             capacity = admission_capacity(len(m.active()), len(m.on_probation()), self.cfg.admission.max_joins_per_step,
                                           self.cfg.admission.max_probation_share)
@@ -154,18 +174,38 @@ class ElasticJob:
                 "gradient_seconds": self.gradient_seconds, "run_dir": str(self.run_dir.path)}
 
     def _admit(self, entry: dict[str, Any], step: int) -> bool:
-        """A newcomer takes the current state and starts its probation."""
+        """A newcomer takes the current state and starts its probation.
+
+        Its actor runs its owner's code, so every call has a timeout, and what it returns is
+        checked: its key must be the one that solved the puzzle, and after loading it must
+        hold the state the majority of the active peers hold (weights, optimizer, schedule;
+        taken from a random one of that majority, not from one fixed peer).
+        """
         peer, actor = int(entry["peer"]), entry["actor"]
-        source = self.peers[self.membership.active()[0]]
         timeout = self.cfg.timeouts.phase_seconds
+        active = self.membership.active()
+        problem = None
         try:
-            loaded = ray.get(actor.load_state.remote(source.state.remote()), timeout=timeout)
-            expected = ray.get(source.weight_hash.remote())
-            problem = None if loaded == expected else f"holds weights {loaded[:12]} after loading {expected[:12]}"
+            info = ray.get(actor.info.remote(), timeout=timeout)
+            if not isinstance(info, dict) or info.get("public_key") != entry["public_key"]:
+                problem = "its actor does not hold the key that solved the puzzle"
+            else:
+                ray.get(actor.assign_id.remote(peer), timeout=timeout)
+                hashes = dict(zip(active, ray.get([self.peers[p].state_hash.remote() for p in active],
+                                                  timeout=timeout)))
+                majority, votes = Counter(hashes.values()).most_common(1)[0]
+                if 2 * votes <= len(active):
+                    raise RuntimeError(f"step {step}: the active peers' states disagree ({len(set(hashes.values()))} "
+                                       "different hashes)")
+                source = self.peers[random.choice([p for p, h in hashes.items() if h == majority])]
+                loaded = ray.get(actor.take_state.remote(source.state.remote()), timeout=timeout)
+                if loaded != majority:
+                    problem = f"holds state {str(loaded)[:12]} after loading {majority[:12]}"
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
-            problem = f"could not load the job's state ({type(exc).__name__})"
-        record = self.membership.add(peer, entry["public_key"], joined_step=step, node=entry.get("node"),
-                                     attacker=bool(entry.get("attacker")))
+            problem = f"could not take the job's state ({type(exc).__name__})"
+        record = self.membership.add(peer, entry["public_key"], joined_step=step,
+                                     node=info.get("node_id") if problem is None else None,
+                                     attacker=bool(info.get("attacker")) if problem is None else False)
         self.keys[peer] = record.public_key
         # The signed solution sits under "evidence", where `btard ledger verify` checks signatures.
         self._record(step, "admitted", peer, None, {**entry["evidence"], "public_key": record.public_key,
@@ -202,9 +242,18 @@ class ElasticJob:
                 self.console.print(f"step {step}: dropped peer {peer} ({why} in {phase})")
         if not self.membership.active():
             raise RuntimeError(f"step {step}: no active peer is left")
+        self._hand_keys(step)
+
+    def _hand_keys(self, step: int) -> None:
+        """Every participant gets the keys of the membership; one that fails to take them is dropped."""
+        from btard_ray.failures import gather_surviving
+
         participants = self.membership.participants()
         keys = {p: self.keys[p] for p in participants}
-        ray.get([self.peers[p].set_keys.remote(keys) for p in participants])
+        calls = {p: self.peers[p].set_keys.remote(keys) for p in participants}
+        _, failed = gather_surviving(calls, self.peers, self.cfg.timeouts.phase_seconds, "set_keys", blame_all=True)
+        if failed:
+            self.drop(failed, step, "set_keys")  # hands the keys again, to fewer peers
 
     def step_done(self, step: int, outcome: Any) -> None:
         """Book bans, drops, aggregators and probation of a completed step."""

@@ -10,7 +10,8 @@ A result can also be an error because *another* peer died (an aggregator whose c
 fetching a dead peer's part). Ray's task errors take the class of their cause, so the error
 alone cannot say whose fault it was: after any error :func:`gather` probes every peer of the
 round with a cheap call, and only those that do not answer are failed. An error with every
-peer alive is a bug and is raised as it is.
+peer alive is the erring peer's own (reason ``error (ExceptionType)``): a joiner's actor runs
+its owner's code, and whatever it raises must cost it its seat, not stop the job.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ray.actor import ActorHandle
 
 CRASHED = "crashed"
 SILENT = "silent"
+ERROR = "error"
 PROBE_SECONDS = 10.0  # a live actor that finished its round answers a ping at once
 
 
@@ -47,11 +49,15 @@ def gather(refs: Mapping[int, ray.ObjectRef], handles: Mapping[int, ActorHandle]
 
 
 def gather_surviving(refs: Mapping[int, ray.ObjectRef], handles: Mapping[int, ActorHandle],
-                     timeout: float | None, phase: str) -> tuple[dict[int, Any], dict[int, str]]:
+                     timeout: float | None, phase: str, blame_all: bool = False
+                     ) -> tuple[dict[int, Any], dict[int, str]]:
     """Like :func:`gather`, but returns (results of the peers that answered, failed peers).
 
-    Silent peers are killed, so that they cannot act later in a step that went on without
-    them. Raises the first error when a result failed although every peer is alive.
+    A peer whose call raised while every peer is alive failed by itself (reason
+    ``error (...)``). When some peer did die, the others' errors are taken for its
+    consequences and those peers are neither in the results nor failed, unless
+    ``blame_all`` (for rounds whose calls depend on no other peer). Silent peers are killed,
+    so that they cannot act later in a step that went on without them.
     """
     if not refs:
         return {}, {}
@@ -75,9 +81,12 @@ def gather_surviving(refs: Mapping[int, ray.ObjectRef], handles: Mapping[int, Ac
             errors[p] = exc
     if errors:
         failed.update(probe({p: handles[p] for p in order if p not in failed}))
-        unexplained = [p for p in errors if p not in failed]
-        if unexplained and len(failed) == 0:
-            raise errors[unexplained[0]]
+        if not failed:
+            # Every peer is alive, so an error is the erring peer's own doing (a joiner runs its
+            # own code in its actor): it is dropped, never the job. The reason names the error.
+            failed = {p: f"{ERROR} ({type(exc).__name__})" for p, exc in errors.items()}
+        elif blame_all:
+            failed.update({p: f"{ERROR} ({type(exc).__name__})" for p, exc in errors.items() if p not in failed})
     for p in [p for p, why in failed.items() if why == SILENT]:
         ray.kill(handles[p], no_restart=True)
     return {p: v for p, v in values.items() if p not in failed and p not in errors}, failed

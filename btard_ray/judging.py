@@ -20,6 +20,7 @@ from btard_ray.peer_protocol import (
     gradient_problem,
     reveal_nonce,
 )
+from btard_ray.payloads import PROBATION_CASES
 from btard_ray.protocol.commitments import part_digest
 from btard_ray.protocol.projection import distances_agree, projection_vector
 from btard_ray.verdicts import CASE_REASON, EXCUSED, FALSE_SHARE
@@ -34,6 +35,8 @@ def judge_case(proto: PeerProtocol, step: int, case: Mapping[str, Any], ctx: Map
     """
     kind, accused = case["case"], int(case["accused"])
     members: list[int] = ctx["members"]
+    if accused not in members and kind not in PROBATION_CASES:
+        return {}, None  # a probationer sends no reveal, report or inner products to be wrong about
     if kind == "withheld_reveal":
         nonce = reveal_nonce(ctx["reveals"].get(accused), ctx["commitments"].get(accused), proto.job,
                              proto.keys.get(accused), step)

@@ -66,6 +66,7 @@ KIND_DOCS: dict[str, str] = {
     "join_request": "a joiner's public key asking the admission controller for a puzzle [§5.1]",
     "puzzle_solution": "a joiner's solution to its admission puzzle [§5.2]",
     "leave": "a peer announcing that it leaves the job at a step boundary",
+    "admin": "a request of the job's owner to the control plane, signed by the job key",
 }
 KINDS: frozenset[str] = frozenset(KIND_DOCS)
 

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 from btard_ray.verdicts import CASE_REASON
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+#: what a peer on probation can be accused of (it sends a commitment and parts, nothing else)
+PROBATION_CASES = ("bad_commitment", "wrong_gradient")
 
 
 def _number(value: Any, minimum: float | None = None) -> bool:
@@ -71,4 +73,7 @@ def payload_problem(kind: str, payload: dict[str, Any], members: Sequence[int], 
             return f"unknown case {payload.get('case')!r}"
         if isinstance(accused, bool) or not isinstance(accused, int) or (accused not in members and accused not in probation) or accused == sender:
             return "accused_peer must be another member or a peer on probation"
+        if accused in probation and payload.get("case") not in PROBATION_CASES:
+            # a probationer only commits and sends parts: nothing else of it can be wrong
+            return f"a peer on probation can only be accused of {' or '.join(PROBATION_CASES)}"
     return None

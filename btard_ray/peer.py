@@ -286,6 +286,12 @@ class Peer:
     def weight_hash(self) -> str:
         return self.replica.weight_hash()
 
+    def state_hash(self) -> str:
+        """Hash of the whole state (weights, optimizer, schedule): what a newcomer must match."""
+        from btard_ray.weights import tree_hash
+
+        return tree_hash(self.replica.state())
+
     def state(self) -> dict:
         return self.replica.state()
 
@@ -293,6 +299,11 @@ class Peer:
         """Take a checkpoint's weights, optimizer and schedule state; returns the weight hash."""
         self.replica.load_state(state)
         return self.replica.weight_hash()
+
+    def take_state(self, state: dict) -> str:
+        """Take an active peer's whole state (a newcomer); returns :meth:`state_hash`."""
+        self.replica.load_state(state)
+        return self.state_hash()
 
     def _take_own(self, slot: tuple[int, torch.Tensor] | None, step: int, what: str) -> torch.Tensor:
         if slot is None or slot[0] != step:

@@ -25,7 +25,9 @@ update (with replaced aggregates, or none when a forged gradient was found).
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -36,7 +38,7 @@ from btard_ray.butterfly import StepOutcome
 from btard_ray.messages import Message, MessageError, MessageVerifier
 from btard_ray.payloads import payload_problem
 from btard_ray.config import JobConfig
-from btard_ray.failures import gather, gather_surviving
+from btard_ray.failures import PeerFailure, gather, gather_surviving
 from btard_ray.peer_protocol import audit_pairs, reported_distances, reveal_nonce
 from btard_ray.protocol.randomness import next_seed
 
@@ -182,9 +184,13 @@ def run_secure_step(
     if committed is None or not committed.matches(step, members, probation):
         committed = issue_commits(peers, members, step, seed, probation)
     part_refs = committed.parts
-    raw_commits = gather(committed.commitments, peers, timeout, "commit")
+    raw_commits, dropped = gather_surviving(committed.commitments, peers, timeout, "commit", blame_all=True)
+    _members_failed(dropped, members, "commit")
+    # A probationer that failed is simply not part of this step (nothing depends on it yet).
+    probation = [p for p in probation if p not in dropped]
+    everyone = [*members, *probation]
     commitments = {p: relay.accept(p, raw_commits[p], step, "commitment") for p in everyone}
-    compute_stats = dict(zip(everyone, ray.get([committed.stats[p] for p in everyone])))
+    compute_stats = dict(zip(members, ray.get([committed.stats[p] for p in members])))
     t = timed("commit", t)
 
     # 2. scatter and aggregate part j at member j; the reveals travel with the reports.
@@ -217,11 +223,15 @@ def run_secure_step(
         step, [None if a == pid else agg_refs[a] for a in members], reports, reveals, commitments, handed[pid],
         probation) for pid in members}
     following = {pid: peers[pid].follow_gather.remote(step, [agg_refs[a] for a in members]) for pid in probation}
-    gather({**{p: c[0] for p, c in projected.items()}, **following}, peers, timeout, "project")
+    _, failed = gather_surviving({**{p: c[0] for p, c in projected.items()}, **following}, peers, timeout, "project")
+    _members_failed(failed, members, "project")
+    dropped.update(failed)
+    probation = [p for p in probation if p not in failed]
+    everyone = [*members, *probation]
     inner = {p: relay.accept(p, raw, step, "inner_products") for p, raw in results(projected, 0).items()}
     for p, raws in results(projected, 1).items():
         accusations += relay.accept_all(p, raws, step, "accusation")
-    gather_stats = {**results(projected, 2), **{p: {} for p in probation}}
+    gather_stats = results(projected, 2)
     t = timed("project", t)
 
     # 4. check every aggregate; with no accusation so far, peers that find nothing apply at
@@ -234,7 +244,9 @@ def run_secure_step(
         step, inner, reports, apply_now, check_weights, ahead) for pid in members}
     audited.update({pid: peers[pid].follow_apply.options(num_returns=returns).remote(
         step, apply_now, check_weights, ahead) for pid in probation})
-    answered, dropped = gather_surviving({p: c[0] for p, c in audited.items()}, peers, timeout, "audit")
+    answered, failed = gather_surviving({p: c[0] for p, c in audited.items()}, peers, timeout, "audit",
+                                        blame_all=True)
+    dropped.update(failed)
     alive = [p for p in everyone if p not in dropped]
     for p in members:
         if p in answered:
@@ -251,21 +263,25 @@ def run_secure_step(
     if accusations:
         # Judges re-compute at w_t: undo the update where a peer already took it.
         rolled = {p: peers[p].rollback.remote(step) for p in alive if apply_stats[p] is not None}
-        _, failed = gather_surviving(rolled, peers, timeout, "rollback")
+        _, failed = gather_surviving(rolled, peers, timeout, "rollback", blame_all=True)
         dropped.update(failed)
         alive = [p for p in alive if p not in failed]
         ctx = {"members": members, "keys": dict(keys), "part_refs": part_refs, "agg_refs": agg_refs,
                "commitments": commitments, "reports": reports, "reveals": reveals, "inner": inner,
-               "rejected": relay.rejected}
+               "rejected": relay.rejected, "timeout": timeout}
         verdict = ray.get(tribunal.judge.remote(step, accusations, ctx, dict(peers)))
         # A forged gradient of a member reached the aggregates: nobody applies this step. A
         # probationer's never did, so its ban changes nothing in the update.
         skipped = any(b["reason"] == "wrong_gradient" and b["peer"] in members for b in verdict["bans"])
+        # An aggregate found wrong with no verified replacement (no judge handed over one that
+        # matches the digest the majority signed): better no step than a forged part.
+        skipped |= any(b["reason"] == "wrong_aggregate" and members.index(b["peer"]) not in verdict["replacements"]
+                       for b in verdict["bans"] if b["peer"] in members)
         t = timed("tribunal", t)
         banned = {b["peer"] for b in verdict["bans"]}
         applied = {pid: peers[pid].secure_apply.remote(step, verdict["replacements"], skipped, check_weights)
                    for pid in alive if pid not in banned}
-        apply_stats, failed = gather_surviving(applied, peers, timeout, "apply")
+        apply_stats, failed = gather_surviving(applied, peers, timeout, "apply", blame_all=True)
         dropped.update(failed)
         alive = [p for p in alive if p in apply_stats]
         timed("apply", t)
@@ -274,17 +290,26 @@ def run_secure_step(
         # still takes the step everybody else took.
         late = [p for p in alive if apply_stats[p] is None]
         redo, failed = gather_surviving({p: peers[p].secure_apply.remote(step, {}, False, check_weights)
-                                         for p in late}, peers, timeout, "apply")
+                                         for p in late}, peers, timeout, "apply", blame_all=True)
         apply_stats.update(redo)
         dropped.update(failed)
         alive = [p for p in alive if p not in failed]
 
-    merged = {p: {**compute_stats[p], **agg_stats.get(p, {}), **gather_stats[p], **apply_stats[p]} for p in alive
-              if apply_stats.get(p) is not None}
+    # Only members' numbers count: a probationer's actor runs its owner's code, so what it
+    # returns is checked, never trusted (a wrong weight hash drops it instead of the job).
+    merged = {p: {**compute_stats[p], **agg_stats[p], **gather_stats[p], **apply_stats[p]} for p in members
+              if p in alive and isinstance(apply_stats.get(p), dict)}
+    hashes = {p: m["weight_hash"] for p, m in merged.items()} if check_weights else None
+    if hashes:
+        majority = Counter(hashes.values()).most_common(1)[0][0]
+        for p in probation:
+            stats = apply_stats.get(p)
+            if p in alive and (not isinstance(stats, dict) or stats.get("weight_hash") != majority):
+                dropped[p] = "diverged"
     return SecureOutcome(
         step=step,
-        members=[p for p in members if p in merged],
-        losses={p: m["loss"] for p, m in merged.items() if p in members},
+        members=list(merged),
+        losses={p: m["loss"] for p, m in merged.items()},
         wall_s=time.perf_counter() - t_start,
         lr=next(iter(merged.values()))["lr"],
         next_seed=new_seed,
@@ -294,10 +319,16 @@ def run_secure_step(
         next_commits=next_commits,
         rejected=relay.rejected,
         phase_s=phase,
-        bytes_per_peer=sum(m.get("scatter_bytes", 0.0) + m.get("gather_bytes", 0.0) for m in merged.values())
-        / max(1, len(merged)),
+        bytes_per_peer=sum(m["scatter_bytes"] + m["gather_bytes"] for m in merged.values()) / len(merged),
         protocol_bytes=relay.bytes,
-        weight_hashes={p: m["weight_hash"] for p, m in merged.items()} if check_weights else None,
+        weight_hashes=hashes,
         dropped=dropped,
-        compute_s=sum(compute_stats[p]["compute_s"] for p in everyone) / len(everyone),
+        compute_s=statistics.median(m["compute_s"] for m in merged.values()),
     )
+
+
+def _members_failed(failed: Mapping[int, str], members: Sequence[int], phase: str) -> None:
+    """Before anybody applied: a member that failed means running the step again without it
+    (the failed probationers, if any, go with it)."""
+    if any(p in members for p in failed):
+        raise PeerFailure(failed, phase)

@@ -75,21 +75,30 @@ def spawn_peers(cfg: JobConfig, peer_ids: list[int], attackers: frozenset[int] =
 
 
 JOB_KEY = "job_key"
+NOT_RESUMED = "not resumed"
+
+
+def _resumed_peers(ckpt: Checkpoint) -> list[int]:
+    """The checkpoint's active peers that a resumed job starts again: the job's own ones."""
+    joined = {int(p) for p, r in ckpt.membership.items() if r.get("joined_step") is not None}
+    return [p for p in ckpt.members if p not in joined]
 
 
 def _membership(cfg: JobConfig, ckpt: Checkpoint | None, keys: dict[int, str], infos: dict[int, dict[str, Any]],
                 attackers: list[int]) -> Membership:
     """The job's peers at its first step: the initial ones, or the checkpoint's records.
 
-    A resumed job's active peers are new actors with new keys. Peers on probation at the
-    checkpoint are not resumed (their actors belonged to their joiners' processes); they are
-    recorded as dropped and may join again.
+    A resumed job's active peers are new actors with new keys. Peers that joined while the
+    job ran (on probation or promoted) are not resumed: their actors belonged to their
+    joiners' processes, and the driver cannot take a joiner's seat with a key of its own. They
+    are recorded as dropped and may join again.
     """
     membership = Membership(cfg.admission.probation_steps)
     if ckpt is not None and ckpt.membership:
         membership = Membership.from_snapshot(cfg.admission.probation_steps, ckpt.membership)
-        for peer in membership.on_probation():
-            membership.end(peer, DROPPED, ckpt.step, "not resumed")
+        for peer, record in membership.records.items():
+            if record.joined_step is not None and peer not in keys:
+                membership.end(peer, DROPPED, ckpt.step, NOT_RESUMED)
     for peer, key in keys.items():
         record = membership.records.get(peer) or membership.add(peer, key, attacker=peer in attackers)
         record.public_key, record.node = key, infos[peer]["node_id"]
@@ -332,7 +341,7 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
             attackers = choose_attackers(cfg.seed, list(range(cfg.peers)), cfg.attack.count) if cfg.attack.name else []
         else:
             attackers = list(ckpt.attackers)
-        peers = spawn_peers(cfg, list(range(cfg.peers)) if ckpt is None else list(ckpt.members),
+        peers = spawn_peers(cfg, list(range(cfg.peers)) if ckpt is None else _resumed_peers(ckpt),
                             frozenset(attackers))
         members = sorted(peers)
         infos = dict(zip(members, ray.get([peers[p].info.remote() for p in members])))
@@ -376,6 +385,8 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
                                     wall_seconds=time.perf_counter() - t_start, resumes=resumes)
 
         job = ElasticJob(cfg, run_dir, peers, membership, keys, banned, tribunal, console if show_progress else None)
+        if ckpt is not None:
+            job.resumed(ckpt.step)
         job.start_controller(first, seed)
         if console is not None and cfg.protocol.checks and cfg.admission.enabled:
             address = ray.get_runtime_context().gcs_address

@@ -63,10 +63,16 @@ class Tribunal:
         for case in group_cases(step, valid, peer_of_key):
             judges = [pid for pid in ctx["members"] if pid != case["accused"]]
             calls = {pid: peers[pid].judge.options(num_returns=2).remote(step, case, ctx) for pid in judges}
+            # A judge that does not answer within the phase timeout has no vote (a silent
+            # Byzantine judge must not hang the job).
+            in_time, _ = ray.wait([c[0] for c in calls.values()], num_returns=len(calls), timeout=ctx.get("timeout"))
+            answered = set(in_time)
             votes: dict[int, dict[str, str]] = {}
             replacement_digests: dict[int, str] = {}
             vote_messages: list[dict] = []
             for pid, (vote_ref, _) in calls.items():
+                if vote_ref not in answered:
+                    continue
                 try:
                     raw_vote = ray.get(vote_ref)
                     vote = self.verifier.check(Message.from_dict(raw_vote), step, "vote")
@@ -94,15 +100,33 @@ class Tribunal:
                                    details={"case": case["id"], "public_key": keys.get(pid, "")})
                 bans.append({"peer": pid, "reason": reason, "case": case["id"]})
                 if reason == "wrong_aggregate":
-                    replacement = _majority_aggregate(calls, replacement_digests)
+                    replacement = _majority_aggregate(self.job, step, pid, calls, replacement_digests)
                     if replacement is not None:
                         replacements[ctx["members"].index(pid)] = replacement
         return {"bans": bans, "replacements": replacements}
 
 
-def _majority_aggregate(calls: Mapping[int, Any], digests: Mapping[int, str]):
-    """The re-computed aggregate whose digest most judges signed (the honest majority's)."""
+def _majority_aggregate(job: str, step: int, accused: int, calls: Mapping[int, Any], digests: Mapping[int, str]):
+    """The re-computed aggregate whose digest most judges signed (the honest majority's).
+
+    A judge's vote and its tensor are separate returns, so a Byzantine judge could sign the
+    honest digest and hand over another tensor: every candidate is fetched and its digest
+    checked here, and only a matching one is put in the object store for the peers.
+    """
+    import torch
+
+    from btard_ray.peer_protocol import aggregate_digest
+
     if not digests:
         return None
     best = Counter(digests.values()).most_common(1)[0][0]
-    return next(calls[pid][1] for pid, d in digests.items() if d == best)
+    for pid, digest in sorted(digests.items()):
+        if digest != best:
+            continue
+        try:
+            tensor = ray.get(calls[pid][1])
+        except ray.exceptions.RayError:
+            continue
+        if isinstance(tensor, torch.Tensor) and aggregate_digest(job, step, -1, accused, tensor) == best:
+            return ray.put(tensor)
+    return None

@@ -59,9 +59,12 @@ def tally(case: Mapping[str, Any], votes: Mapping[int, Mapping[str, str]]) -> di
     ``votes`` maps each judge to its ``{peer: reason}`` (empty: nobody guilty). When nobody
     reaches a majority, the accusers are guilty of a false accusation, unless a majority of
     the judges named :data:`EXCUSED` (the disputed check fails for honest peers too, e.g. an
-    unconverged CenteredClip): then nobody is.
+    unconverged CenteredClip): then nobody is. With no vote at all (every judge silent or
+    crashed) the case is undecided: nobody is guilty.
     """
     judges = len(votes)
+    if judges == 0:
+        return {}
     named: Counter[int] = Counter()
     reasons: dict[int, Counter[str]] = {}
     for guilty in votes.values():

@@ -22,6 +22,7 @@ from admission.client import find_controller, join
 from btard_ray.config import load_config
 from btard_ray.identity import Identity
 from btard_ray.ledger import Ledger
+from btard_ray.messages import sign_message
 from btard_ray.run_dir import RunDir
 from btard_ray.trainer import train
 
@@ -121,7 +122,13 @@ def test_a_peer_killed_mid_step_is_dropped_not_banned(ray_session, tmp_path):
     job, controller = _start("elastic-kill", tmp_path, "steps=30", "eval_every=30")
     _wait_step(controller, 8)
     victim = 2
-    ray.kill(ray.get(controller.actor.remote(victim)))
+    # only the job's owner (its key, in the run directory) may get a peer's actor
+    with pytest.raises(ray.exceptions.RayTaskError, match="only the job's key"):
+        ray.get(controller.actor.remote(sign_message(Identity.generate(), "elastic-kill", 0, "admin",
+                                                     {"actor": victim}).to_dict()))
+    owner = Identity.load(tmp_path / "elastic-kill" / "job_key")
+    ray.kill(ray.get(controller.actor.remote(sign_message(owner, "elastic-kill", 0, "admin",
+                                                          {"actor": victim}).to_dict())))
     summary = job.result()
 
     assert summary["steps"] == 30 and summary["weights_agree"]  # train() checks every peer's hash

@@ -126,6 +126,12 @@ def test_the_relay_rejects_malformed_payloads():
     assert "another member" in payload_problem("accusation", accusation, members, 2)
     assert "another member" in payload_problem("accusation", {**accusation, "accused_peer": 9}, members, 0)
     assert "parts" in payload_problem("commitment", {"parts": ["ab"] * 3, "nonce": "0" * 64}, members, 0)
+    # A peer on probation (9) can be accused of its gradient or commitment, and of nothing
+    # else: it sends no reveal, report or inner products, so any such case would convict it.
+    assert payload_problem("accusation", {**accusation, "accused_peer": 9}, members, 0, probation=[9]) is None
+    for case in ("withheld_reveal", "bad_message", "inner_products", "aggregate_check"):
+        problem = payload_problem("accusation", {**accusation, "accused_peer": 9, "case": case}, members, 0, [9])
+        assert "on probation can only be accused" in problem, case
 
 
 def test_honest_step_has_no_accusations_and_replicas_agree():

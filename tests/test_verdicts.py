@@ -47,3 +47,10 @@ def test_recompute_tally_rederives_and_rejects_a_doctored_verdict():
     event["details"]["votes"] = votes[:2]
     with pytest.raises(RecomputeError, match="2 signed votes for 3 judges"):
         recompute_tally(event)
+
+
+def test_a_case_without_any_vote_is_undecided():
+    """Every judge silent or crashed: nobody is guilty (least of all the accusers)."""
+    from btard_ray.verdicts import tally
+
+    assert tally({"accusers": [1, 2, 3]}, {}) == {}
