@@ -152,8 +152,11 @@ class AdmissionController:
             self.queue.remove(queued)
             ray.kill(queued["actor"])
             if self.tribunal is not None:
-                ray.get(self.tribunal.record.remote(self.book.step or 0, "left", str(peer), by,
-                                                    {"evidence": [msg.to_dict()], "before_probation": True}))
+                # its admission, too: it left before the driver took it in (and wrote `admitted`)
+                ray.get(self.tribunal.record.remote(self.book.step or 0, "left", str(peer), by, {
+                    "evidence": [msg.to_dict(), *queued["evidence"].get("evidence", [])],
+                    "before_probation": True, "public_key": queued["public_key"],
+                    "challenge": queued["evidence"].get("challenge")}))
             return int(peer)
         self.leaving[int(peer)] = {"by": by, "evidence": [msg.to_dict()]}
         return int(peer)

@@ -142,10 +142,11 @@ def test_a_peer_killed_mid_step_is_dropped_not_banned(ray_session, tmp_path):
 
 
 def test_a_peer_silent_past_the_timeout_is_dropped(ray_session, tmp_path):
-    # The `late` attacker sleeps 30 s in its commit phase from step 3: longer than the 4 s
-    # phase timeout, so it is dropped and the step runs again without it.
-    job, _ = _start("elastic-silent", tmp_path, "steps=12", "eval_every=12", "timeouts.phase_seconds=4",
-                    "attack.name=late", "attack.count=1", "attack.start_step=3", "attack.params.delay_s=30")
+    # The `late` attacker sleeps 120 s in its commit phase from step 3: far longer than the
+    # 15 s phase timeout (which a busy 2-core machine's slowest honest round stays well
+    # under), so it is dropped and the step runs again without it.
+    job, _ = _start("elastic-silent", tmp_path, "steps=12", "eval_every=12", "timeouts.phase_seconds=15",
+                    "attack.name=late", "attack.count=1", "attack.start_step=3", "attack.params.delay_s=120")
     summary = job.result()
     late = summary["attackers"]
     assert [d["peer"] for d in summary["dropped"]] == late
