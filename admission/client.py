@@ -18,6 +18,7 @@ ban). So ``btard join`` stays in the foreground while its peers train.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +26,7 @@ from typing import Any, Callable
 import ray
 from ray.actor import ActorHandle
 
-from admission.book import AdmissionError, solution_message
+from admission.book import RATE_LIMITED, AdmissionError, solution_message
 from admission.controller import CONTROLLER_NAME
 from admission.puzzle import Challenge, Solution, solve
 from btard_ray.identity import Identity
@@ -33,6 +34,7 @@ from btard_ray.messages import sign_message
 from btard_ray.runtime import namespace_for
 
 DEFAULT_KEY_DIR = Path.home() / ".btard" / "keys"
+RATE_LIMIT_SECONDS = 120.0  # how long a joiner keeps asking for a challenge while they are rationed
 
 
 class JoinError(RuntimeError):
@@ -105,10 +107,7 @@ def join(controller: ActorHandle, identity: Identity, attack: str | None = None,
         config["attack"] = {**config.get("attack", {}), "name": attack, "count": 1, "start_step": 0, "every": 1,
                             "stop_step": None}
     cfg = validate_config(config)  # also checks the attack's name
-    try:
-        challenge = Challenge.from_dict(ray.get(controller.challenge.remote(identity.public_hex)))
-    except ray.exceptions.RayTaskError as exc:
-        raise unwrap(exc) from None
+    challenge = _challenge(controller, identity)
     solution = solve(challenge, on_evaluation=on_evaluation)
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
     options: dict[str, Any] = {"num_cpus": cfg.resources.cpus_per_peer, "scheduling_strategy": here}
@@ -116,13 +115,35 @@ def join(controller: ActorHandle, identity: Identity, attack: str | None = None,
         options["num_gpus"] = cfg.resources.gpus_per_peer
     actor = Peer.options(**options).remote(cfg.model_dump(mode="json"), -1, bool(attack),
                                            identity.seed_for_own_actor())
+    # Built before it is handed over (model, data set): the driver takes it in at a step
+    # boundary, and the whole job would wait for its construction there.
+    ray.get(actor.info.remote())
     raw = solution_message(identity, info["job"], challenge.step, challenge, solution)
     try:
         peer = ray.get(controller.submit.remote(raw, actor))
     except ray.exceptions.RayTaskError as exc:
         ray.kill(actor)
         raise unwrap(exc) from None
+    except ray.exceptions.RayActorError:
+        ray.kill(actor)
+        raise JoinError("the job ended while joining it") from None
     return Joined(peer, identity.public_hex, actor, solution)
+
+
+def _challenge(controller: ActorHandle, identity: Identity) -> Challenge:
+    """A challenge for ``identity``; when the step's ration is used up, ask again at the next
+    steps (for up to RATE_LIMIT_SECONDS)."""
+    deadline = time.monotonic() + RATE_LIMIT_SECONDS
+    while True:
+        try:
+            return Challenge.from_dict(ray.get(controller.challenge.remote(identity.public_hex)))
+        except ray.exceptions.RayTaskError as exc:
+            error = unwrap(exc)
+            if getattr(error, "reason", None) != RATE_LIMITED or time.monotonic() > deadline:
+                raise error from None
+            time.sleep(1.0)
+        except ray.exceptions.RayActorError:
+            raise JoinError("the job ended while joining it") from None
 
 
 def leave(controller: ActorHandle, job: str, peer: int, identity: Identity) -> int:

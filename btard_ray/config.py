@@ -149,6 +149,9 @@ class AdmissionConfig(_Strict):
     probation_steps: int = Field(10, ge=1)
     max_joins_per_step: int = Field(1, ge=1)
     max_probation_share: float = Field(0.5, gt=0.0, le=1.0, description="cap of peers on probation / active")
+    max_joined_share: float = Field(
+        0.45, ge=0.0, lt=0.5,
+        description="promoted joiners at most this share of the active peers (the owner's peers keep a majority)")
     expiry_steps: int = Field(50, ge=1, description="steps a puzzle challenge stays valid")
     challenges_per_step: int = Field(32, ge=1, description="puzzles handed out per step (all joiners together)")
     memlimit_mb: int = Field(8, ge=1, description="argon2id memory per puzzle evaluation")

@@ -18,7 +18,9 @@ the new membership; the partition is recomputed from the new n at the next step.
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
 import time
 from collections import Counter
 from typing import Any
@@ -28,11 +30,12 @@ from ray.actor import ActorHandle
 from rich.console import Console
 
 from btard_ray.config import JobConfig
-from btard_ray.membership import BANNED, DROPPED, LEFT, PROBATION, Membership, admission_capacity
+from btard_ray.membership import BANNED, DROPPED, LEFT, PROBATION, Membership, admission_capacity, may_promote
 from btard_ray.run_dir import RunDir
 from btard_ray.runtime import namespace_for
 
 NAME_RELEASE_SECONDS = 10.0
+GRADIENT_WINDOW = 20  # steps whose median gradient time prices the admission puzzle
 
 
 class JobNameTaken(RuntimeError):
@@ -59,6 +62,7 @@ class ElasticJob:
         self.passed: list[int] = []  # probation passed at the last step: promoted at the next boundary
         self.stepped: list[int] = []  # peers on probation in the step now running
         self.gradient_seconds = 0.0
+        self._recent: list[float] = []
         self._sync: ray.ObjectRef | None = None
         self.first_id = 0  # the lowest peer id the controller may hand out
         self.dropped: list[dict[str, Any]] = []
@@ -147,12 +151,19 @@ class ElasticJob:
                 changed |= self._admit(entry, step)
             for peer, request in news["leaving"].items():  # after admitting: one may leave at once
                 changed |= self._let_go(int(peer), step, request)
+        waiting = []
         for peer in self.passed:
-            if self.membership.records[peer].state == PROBATION:
-                self.membership.promote(peer, step)
-                self._record(step, "promoted", peer, None, {"after_clean_steps": self.membership.probation_steps})
-                changed = True
-        self.passed = []
+            if self.membership.records[peer].state != PROBATION:
+                continue
+            m = self.membership
+            joined = sum(1 for p in m.active() if m.records[p].joined_step is not None)
+            if not may_promote(len(m.active()), joined, self.cfg.admission.max_joined_share):
+                waiting.append(peer)  # no room for another joiner: stays on probation, validated
+                continue
+            m.promote(peer, step)
+            self._record(step, "promoted", peer, None, {"after_clean_steps": m.records[peer].clean_steps})
+            changed = True
+        self.passed = waiting
         if changed:
             self._hand_keys(step)
             self._actors()
@@ -259,7 +270,12 @@ class ElasticJob:
         """Book bans, drops, aggregators and probation of a completed step."""
         if outcome.dropped:
             self.drop(outcome.dropped, step, "last rounds")
-        self.gradient_seconds = float(getattr(outcome, "compute_s", 0.0)) or self.gradient_seconds
+        # the puzzle's price follows the median gradient time of the last steps, not one step's
+        seconds = float(getattr(outcome, "compute_s", 0.0))
+        if math.isfinite(seconds) and seconds > 0:
+            self._recent.append(seconds)
+            del self._recent[:-GRADIENT_WINDOW]
+            self.gradient_seconds = statistics.median(self._recent)
         bans = getattr(outcome, "bans", [])
         for ban in bans:
             peer = int(ban["peer"])
@@ -270,8 +286,9 @@ class ElasticJob:
         if bans and self.console is not None:
             self.console.print(f"step {step}: banned " + ", ".join(f"peer {b['peer']} ({b['reason']})" for b in bans))
         clean = [p for p in self.stepped if self.membership.records[p].state == PROBATION]
-        self.passed = self.membership.step_done(step, list(outcome.members), clean)
-        for peer in self.passed:
+        passed = self.membership.step_done(step, list(outcome.members), clean)
+        self.passed = [*self.passed, *(p for p in passed if p not in self.passed)]
+        for peer in passed:
             self._record(step, "probation_passed", peer, None,
                          {"clean_steps": self.membership.records[peer].clean_steps})
 

@@ -87,7 +87,7 @@ class Membership:
             if record.state != PROBATION:
                 continue
             record.clean_steps += 1
-            if record.clean_steps >= self.probation_steps:
+            if record.clean_steps == self.probation_steps:  # once: a peer may then wait for room
                 passed.append(p)
         return passed
 
@@ -119,3 +119,13 @@ def admission_capacity(active: int, on_probation: int, max_joins_per_step: int, 
     """
     cap = max(1, int(max_probation_share * active))
     return max(0, min(max_joins_per_step, cap - on_probation))
+
+
+def may_promote(active: int, joined_active: int, max_joined_share: float) -> bool:
+    """Whether one more joiner may become active: (joined + 1) / (active + 1) ≤ max_joined_share.
+
+    With the job's own peers honest and ``max_joined_share`` < 1/2, honest peers stay a
+    strict majority of the active peers however many identities an attacker buys; a joiner
+    that passed probation waits (still validated at every step) until there is room.
+    """
+    return (joined_active + 1) <= max_joined_share * (active + 1)

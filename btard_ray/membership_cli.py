@@ -72,7 +72,10 @@ def join(
     import ray
 
     controller = _controller(job, address)
-    info = ray.get(controller.job_info.remote())
+    try:
+        info = ray.get(controller.job_info.remote())
+    except ray.exceptions.RayError:
+        _fail(f"job {job!r} ended while joining it")
     if not info["accepting"]:
         _fail(info["refusal"])
     costs = info["costs"]

@@ -65,3 +65,25 @@ def test_snapshot_round_trip():
 ])
 def test_admission_capacity(active, on_probation, max_joins, share, expected):
     assert admission_capacity(active, on_probation, max_joins, share) == expected
+
+
+@pytest.mark.parametrize("active, joined, share, expected", [
+    (6, 0, 0.45, True),    # 1 of 7
+    (6, 2, 0.45, True),    # 3 of 7 = 0.43
+    (7, 3, 0.45, False),   # 4 of 8 = 0.5: the job's own peers would lose their majority
+    (3, 0, 0.45, True),    # 1 of 4
+    (4, 1, 0.45, True),    # 2 of 5 = 0.4
+])
+def test_may_promote_keeps_the_joiners_below_the_share(active, joined, share, expected):
+    from btard_ray.membership import may_promote
+
+    assert may_promote(active, joined, share) is expected
+    if expected:  # the promoted set never reaches one half
+        assert (joined + 1) / (active + 1) < 0.5
+
+
+def test_a_waiting_probationer_passes_once():
+    m = _job(probation_steps=1)
+    m.add(4, "key4", joined_step=0)
+    assert m.step_done(0, [0, 1, 2, 3], [4]) == [4]
+    assert m.step_done(1, [0, 1, 2, 3], [4]) == []  # still waiting for room: not passed again
