@@ -26,7 +26,7 @@ from typing import Any, Callable
 import ray
 from ray.actor import ActorHandle
 
-from admission.book import RATE_LIMITED, AdmissionError, solution_message
+from admission.book import EXPIRED, RATE_LIMITED, AdmissionError, solution_message
 from admission.controller import CONTROLLER_NAME
 from admission.puzzle import Challenge, Solution, solve
 from btard_ray.identity import Identity
@@ -34,6 +34,7 @@ from btard_ray.messages import sign_message
 from btard_ray.runtime import namespace_for
 
 DEFAULT_KEY_DIR = Path.home() / ".btard" / "keys"
+EXPIRED_RETRIES = 2  # fresh challenges after a solution that came too late
 RATE_LIMIT_SECONDS = 120.0  # how long a joiner keeps asking for a challenge while they are rationed
 
 
@@ -107,27 +108,41 @@ def join(controller: ActorHandle, identity: Identity, attack: str | None = None,
         config["attack"] = {**config.get("attack", {}), "name": attack, "count": 1, "start_step": 0, "every": 1,
                             "stop_step": None}
     cfg = validate_config(config)  # also checks the attack's name
-    challenge = _challenge(controller, identity)
-    solution = solve(challenge, on_evaluation=on_evaluation)
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
     options: dict[str, Any] = {"num_cpus": cfg.resources.cpus_per_peer, "scheduling_strategy": here}
     if cfg.resources.gpus_per_peer > 0:
         options["num_gpus"] = cfg.resources.gpus_per_peer
     actor = Peer.options(**options).remote(cfg.model_dump(mode="json"), -1, bool(attack),
                                            identity.seed_for_own_actor())
-    # Built before it is handed over (model, data set): the driver takes it in at a step
-    # boundary, and the whole job would wait for its construction there.
-    ray.get(actor.info.remote())
-    raw = solution_message(identity, info["job"], challenge.step, challenge, solution)
+    # The actor is built (model, data set) before the puzzle is asked for: the driver takes it
+    # in at a step boundary, and the whole job would otherwise wait for its construction there;
+    # and the challenge's expiry then only has to cover the solving.
     try:
-        peer = ray.get(controller.submit.remote(raw, actor))
-    except ray.exceptions.RayTaskError as exc:
-        ray.kill(actor)
-        raise unwrap(exc) from None
-    except ray.exceptions.RayActorError:
-        ray.kill(actor)
-        raise JoinError("the job ended while joining it") from None
+        ray.get(actor.info.remote())
+    except ray.exceptions.RayError as exc:
+        raise JoinError(f"this machine could not start the peer: {unwrap(exc)}") from None
+    for attempt in range(EXPIRED_RETRIES + 1):
+        challenge = _challenge(controller, identity)
+        solution = solve(challenge, on_evaluation=on_evaluation)
+        raw = solution_message(identity, info["job"], challenge.step, challenge, solution)
+        try:
+            peer = ray.get(controller.submit.remote(raw, actor))
+            break
+        except ray.exceptions.RayTaskError as exc:
+            error = unwrap(exc)
+            if getattr(error, "reason", None) == EXPIRED and attempt < EXPIRED_RETRIES:
+                continue  # the job outran this machine's solving: a fresh challenge, once more
+            ray.kill(actor)
+            raise error from None
+        except ray.exceptions.RayActorError as exc:
+            ray.kill(actor)
+            raise JoinError(f"the job ended while joining it ({_first_line(exc)})") from None
     return Joined(peer, identity.public_hex, actor, solution)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _challenge(controller: ActorHandle, identity: Identity) -> Challenge:

@@ -568,14 +568,15 @@ def conclusions(variants: list[dict[str, Any]], alpha: float) -> list[str]:
                 + (f", reaching one half at step {r['first_step_share_half']}, "
                    f"{r['first_step_share_half'] - r['attack_start_step']} steps after t₀"
                    if r["first_step_share_half"] is not None else " (below one half for the whole run)")
-                + f". Nothing caps the number of active Sybils, only their rate: with {r['honest_active_at_end']} "
-                f"honest active peers the share reaches one half about {h['measured']:.0f} steps after t₀ at the "
-                f"measured rate (H/r + probation + 1), {h['bound']:.0f} steps at the one-core bound B/α "
-                f"(≈ {h['bound'] * r['step_wall_seconds'] / 60:.1f} min at this step time), and "
-                f"{h['max_joins_per_step']:.0f} steps for an attacker with enough cores to fill max_joins_per_step "
-                "every step. So the puzzle and max_joins_per_step bound the *rate*; the honest majority holds for "
-                "about α · H / B steps, not forever: against a patient attacker it needs α or probation scaled "
-                "with the job's length, or a cap on the share of recently promoted peers.")
+                + f". The puzzle and max_joins_per_step bound the *rate* of identities, not their number: without "
+                f"a cap, with {r['honest_active_at_end']} honest active peers the share would reach one half about "
+                f"{h['measured']:.0f} steps after t₀ at the measured rate (H/r + probation + 1), {h['bound']:.0f} "
+                f"steps at the one-core bound B/α, and {h['max_joins_per_step']:.0f} steps for an attacker with "
+                "enough cores to fill max_joins_per_step every step. What holds the majority is "
+                "`admission.max_joined_share` (default 0.45): promoted joiners stay at most "
+                "that share (< 1/2) of the active peers, so the job's own peers keep a strict majority however many "
+                "identities are bought; Sybils that passed probation beyond it wait on probation, still validated "
+                "at every step.")
         if r["step_seconds_with_take_in"] and r["step_seconds_without_take_in"]:
             out.append(f"`{r['variant']}`: steps whose boundary took a Sybil in lasted "
                        f"{r['step_seconds_with_take_in']:.1f} s on average against "

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 WAIT_SECONDS = 240.0
+JOIN_STEPS = 120  # room for two joins (each builds its peer actor first: seconds on a busy machine)
 
 
 class JobThread(threading.Thread):
@@ -88,7 +89,8 @@ def _events(run_dir: Path) -> list[Any]:
 
 
 def test_honest_joiner_is_promoted_and_aggregates_attacker_is_banned_in_probation(ray_session, tmp_path):
-    job, controller = _start("elastic-join", tmp_path, "steps=36", "eval_every=36", "admission.alpha=1",
+    job, controller = _start("elastic-join", tmp_path, f"steps={JOIN_STEPS}", f"eval_every={JOIN_STEPS}",
+                             "admission.alpha=1",
                              "admission.probation_steps=3", "admission.max_joins_per_step=1")
     _wait_step(controller, 2)
     honest = join(controller, Identity.generate())
@@ -100,7 +102,7 @@ def test_honest_joiner_is_promoted_and_aggregates_attacker_is_banned_in_probatio
     # the honest joiner served its probation, was promoted, and then aggregated parts
     assert good["state"] == "active" and good["promoted_step"] is not None
     assert good["promoted_step"] - good["joined_step"] == 3 + 1 - 1  # 3 clean steps, promoted at the next boundary
-    assert good["aggregated_parts"] == 36 - good["promoted_step"]
+    assert good["aggregated_parts"] == JOIN_STEPS - good["promoted_step"]
     # the sign-flipping joiner was caught by probation validation and never aggregated
     assert bad["state"] == "banned" and bad["reason"] == "wrong_gradient"
     assert bad["promoted_step"] is None and bad["aggregated_parts"] == 0
