@@ -257,8 +257,8 @@ def test_join_a_submitted_job_from_a_second_process(cluster, client, tmp_path):
     """`btard join` in its own process finds the submitted job by name, solves the puzzle,
     serves its probation and is promoted; the job's summary and ledger show it."""
     name = "joined"
-    result = _btard("submit", QUICKSTART, "--name", name, "--set", "peers=3", "--set", "steps=40",
-                    "--set", "eval_every=40", "--set", "checkpoint_every=0", "--set", "admission.alpha=1",
+    result = _btard("submit", QUICKSTART, "--name", name, "--set", "peers=3", "--set", "steps=150",
+                    "--set", "eval_every=150", "--set", "checkpoint_every=0", "--set", "admission.alpha=1",
                     "--set", "admission.probation_steps=3", "--out", str(cluster.runs / name), "--address", cluster.url)
     assert result.returncode == 0, result.stdout + result.stderr
     deadline = time.monotonic() + 180

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 WAIT_SECONDS = 240.0
-JOIN_STEPS = 120  # room for two joins (each builds its peer actor first: seconds on a busy machine)
+JOIN_STEPS = 200  # room for two joins: each builds its peer actor first (seconds, more on a busy machine)
 
 
 class JobThread(threading.Thread):

@@ -34,7 +34,7 @@ def test_btard_join_into_a_running_btard_run(tmp_path):
     run_dir = tmp_path / "run"
     job = subprocess.Popen(
         [sys.executable, "-m", "btard_ray.cli", "run", str(QUICKSTART), "--no-progress", "--name", "join-cli",
-         "--out", str(run_dir), "--set", "steps=45", "--set", "eval_every=45", "--set", "checkpoint_every=0",
+         "--out", str(run_dir), "--set", "steps=150", "--set", "eval_every=150", "--set", "checkpoint_every=0",
          "--set", "admission.alpha=1", "--set", "admission.probation_steps=3"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=_env())
     try:
