@@ -359,7 +359,8 @@ def test_late_sleeps_in_its_phase_and_sends_honest_values():
     t1 = time.perf_counter()
     assert late.aggregate(0, 0, x) is x
     t2 = time.perf_counter()
-    assert t1 - t0 < 0.15 and t2 - t1 >= 0.2
+    # it sleeps in its phase only (no bound on the other calls' time: a busy machine may be slow)
+    assert t2 - t1 >= 0.2 and t1 - t0 < t2 - t1
 
 
 def test_attacks_act_only_when_the_schedule_is_active(replica):
