@@ -306,8 +306,11 @@ def test_equivocate_sends_one_receiver_a_part_other_than_committed(replica):
     differs = [j for j, (sent, true) in enumerate(zip(said["sent"][ME], honest)) if not torch.equal(sent, true)]
     assert len(differs) == 1 and differs[0] != MEMBERS.index(ME)  # never its own (unsent) part
     receiver = MEMBERS[differs[0]]
-    # Only that aggregator sees the mismatch; it excludes the part and accuses.
-    assert said["accusations"] == [(receiver, ME, "bad_commitment", None)]
+    # Only that aggregator sees the mismatch; it excludes the part and accuses. (A validator
+    # drawn from the step's random seed may re-compute the equivocator too and accuse it of
+    # the same: nobody else is accused.)
+    assert (receiver, ME, "bad_commitment", None) in said["accusations"]
+    assert all(accused == ME and case == "bad_commitment" for _, accused, case, _ in said["accusations"])
     assert Message.from_dict(said["reports"][receiver]).payload["excluded"] == [ME]
     chosen = {tuple(make_attack("equivocate", {}, s).receivers(0, 6)) for s in range(40)}
     assert {j for c in chosen for j in c} == set(range(6))  # without a context any part can be drawn
