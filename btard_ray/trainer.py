@@ -336,6 +336,7 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
     t_start = time.perf_counter() - (ckpt.wall_seconds if ckpt else 0.0)
     tribunal: ActorHandle | None = None
     job: ElasticJob | None = None
+    finished = False
     try:
         if ckpt is None:
             attackers = choose_attackers(cfg.seed, list(range(cfg.peers)), cfg.attack.count) if cfg.attack.name else []
@@ -445,7 +446,6 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
                 # peers that go leave the membership (the partition is recomputed from the new
                 # n) and their actors are stopped.
                 job.step_done(t, outcome)
-                members = membership.active()
                 # A checkpoint after the step's bans: the state at the start of step t + 1.
                 if cfg.checkpoint_every and (t + 1) % cfg.checkpoint_every == 0 and not last:
                     checkpoint(t + 1)
@@ -468,10 +468,11 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
             summary["skipped_steps"] = [o.step for o in all_outcomes if o.skipped]
             summary["protocol_bytes_per_step"] = sum(o.protocol_bytes for o in all_outcomes) / len(all_outcomes)
         run_dir.write_summary(summary)
+        finished = True
         return summary
     finally:
-        if job is not None:
-            job.close()
+        if job is not None:  # `btard join` and `btard status` see how the job ended
+            job.close("finished" if finished else "failed")
         for actor in peers.values():
             ray.kill(actor)
         if tribunal is not None:
