@@ -171,6 +171,16 @@ def leave(controller: ActorHandle, job: str, peer: int, identity: Identity) -> i
         raise unwrap(exc) from None
 
 
+def finish(controller: ActorHandle, job: str, identity: Identity, step: int = 0) -> int:
+    """Ask the job to end after the step it is in, signed by ``identity`` (the job's key,
+    RUN_DIR/job_key); the step it was at. LeaveError for any other key."""
+    raw = sign_message(identity, job, step, "admin", {"finish": True}).to_dict()
+    try:
+        return int(ray.get(controller.finish.remote(raw)))
+    except ray.exceptions.RayTaskError as exc:
+        raise unwrap(exc) from None
+
+
 def connect_cluster(address: str | None, job: str) -> None:
     """Connect this process to the job's cluster: ``address``, else $RAY_ADDRESS, else ``auto``."""
     import logging
@@ -201,5 +211,6 @@ def _reachable(target: str) -> None:
                         "that `btard run` printed)") from None
 
 
-__all__ = ["AdmissionError", "JoinError", "Joined", "connect_cluster", "default_key_path", "find_controller", "join",
+__all__ = ["AdmissionError", "JoinError", "Joined", "connect_cluster", "default_key_path", "find_controller", "finish",
+           "join",
            "key_paths", "leave", "load_or_create", "unwrap"]

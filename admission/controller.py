@@ -9,8 +9,8 @@ holds the status the driver publishes every step. It never trains or aggregates.
 The driver calls :meth:`AdmissionController.sync` once per step: it learns the step and the
 shared seed r_t (challenges are bound to them), the cost of a gradient (the puzzle's
 difficulty follows it), and the status; it gets back the newcomers it may take in at this
-step boundary (at most ``capacity``: :func:`btard_ray.membership.admission_capacity`) and
-the peers that asked to leave.
+step boundary (at most ``capacity``: :func:`btard_ray.membership.admission_capacity`), the
+peers that asked to leave, and the owner's request to finish early (``btard finish``), if any.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class AdmissionController:
         self.next_id = next_id
         self.queue: list[dict[str, Any]] = []
         self.leaving: dict[int, dict[str, Any]] = {}
+        self.finishing: dict[str, Any] | None = None  # the owner's signed finish request, for the driver
         self.status_: dict[str, Any] = {"job": cfg.name, "step": step, "peers": {}}
         self.rejected = 0
         self.challenges_per_step = cfg.admission.challenges_per_step
@@ -161,6 +162,32 @@ class AdmissionController:
         self.leaving[int(peer)] = {"by": by, "evidence": [msg.to_dict()]}
         return int(peer)
 
+    # -- the owner ---------------------------------------------------------------------------
+
+    def finish(self, raw: dict[str, Any]) -> int:
+        """The owner's request to end the job early: an ``admin`` message ``{"finish": true}``
+        signed by the job key. The driver learns it at its next sync, runs one more step (the
+        last: evaluated, weight-checked) and finishes as if ``steps`` had been reached: final
+        checkpoint, summary, ``job_finished`` in the ledger with this message as evidence.
+        Returns the step the job was at; asking again changes nothing."""
+        msg = self._owner_message(raw, "finish")
+        if self.finishing is None:
+            self.finishing = {"evidence": [msg.to_dict()], "asked_at_step": self.status_.get("step", 0)}
+        return int(self.finishing["asked_at_step"])
+
+    def _owner_message(self, raw: dict[str, Any], field: str) -> Message:
+        """``raw`` as a verified ``admin`` message of this job, signed by the job key, whose
+        payload has ``field``; LeaveError otherwise."""
+        try:
+            msg = Message.from_dict(raw)
+        except MessageError as exc:
+            raise LeaveError(f"not a signed request: {exc}") from None
+        if (msg.kind != "admin" or msg.job != self.job or field not in msg.payload
+                or msg.sender != self.job_public_key or not msg.signature_valid()):
+            raise LeaveError(f"only the job's key may ask for {field} (an admin message of job {self.job!r} signed by "
+                             "RUN_DIR/job_key)")
+        return msg
+
     # -- the driver --------------------------------------------------------------------------
 
     def sync(self, step: int, seed: bytes, status: dict[str, Any], capacity: int) -> dict[str, Any]:
@@ -174,7 +201,7 @@ class AdmissionController:
         # handed to the driver, in the status from the next sync on
         self.handed = {e["peer"]: e["public_key"] for e in taken}
         leaving, self.leaving = self.leaving, {}
-        return {"admitted": taken, "leaving": leaving}
+        return {"admitted": taken, "leaving": leaving, "finish": self.finishing}
 
     def set_actors(self, actors: dict[int, ActorHandle]) -> None:
         """The peers' actors by id (the driver sends them whenever the membership changes)."""
@@ -183,12 +210,7 @@ class AdmissionController:
     def actor(self, raw: dict[str, Any]) -> ActorHandle:
         """A peer's actor, for the job's owner only: ``raw`` is an ``admin`` message signed by
         the job key, payload ``{"actor": peer id}`` (fault drills: ``ray.kill`` it)."""
-        try:
-            msg = Message.from_dict(raw)
-        except MessageError as exc:
-            raise LeaveError(f"not a signed request: {exc}") from None
-        if msg.kind != "admin" or msg.job != self.job or msg.sender != self.job_public_key or not msg.signature_valid():
-            raise LeaveError("only the job's key may ask for a peer's actor")
+        msg = self._owner_message(raw, "actor")
         return self.actors[int(msg.payload["actor"])]
 
     def publish(self, status: dict[str, Any]) -> None:

@@ -264,11 +264,12 @@ def show_config(config: Optional[Path] = CONFIG_ARG, overrides: list[str] = SET_
 app.command("submit")(submit)  # defined in jobs_cli.py; registered here to list after `config`
 
 
-from btard_ray.membership_cli import join, leave, status  # noqa: E402
+from btard_ray.membership_cli import finish, join, leave, status  # noqa: E402
 
 app.command()(join)
 app.command()(leave)
 app.command()(status)
+app.command()(finish)
 
 
 def main() -> None:

@@ -67,6 +67,8 @@ class ElasticJob:
         self.first_id = 0  # the lowest peer id the controller may hand out
         self.dropped: list[dict[str, Any]] = []
         self.left: list[dict[str, Any]] = []
+        #: the owner's signed request to finish early (``btard finish``), once the driver has it
+        self.finish_request: dict[str, Any] | None = None
 
     def resumed(self, step: int) -> None:
         """After ``btard resume``: record the joiners that were not resumed, and never hand out
@@ -147,6 +149,8 @@ class ElasticJob:
             if ready:
                 news, self._sync = ray.get(self._sync), None
         if news is not None:
+            if news.get("finish") and self.finish_request is None:
+                self.finish_request = {**news["finish"], "last_step": step}
             for entry in news["admitted"]:
                 changed |= self._admit(entry, step)
             for peer, request in news["leaving"].items():  # after admitting: one may leave at once
@@ -182,7 +186,7 @@ class ElasticJob:
     def _status(self, step: int, state: str, last_eval: dict[str, float]) -> dict[str, Any]:
         return {"job": self.cfg.name, "state": state, "step": step, "steps": self.cfg.steps,
                 "peers": self.membership.snapshot(), "last_eval": dict(last_eval), "history": self.history[-10:],
-                "gradient_seconds": self.gradient_seconds, "run_dir": str(self.run_dir.path)}
+                "gradient_seconds": self.gradient_seconds, "run_dir": str(self.run_dir.path.resolve())}
 
     def _admit(self, entry: dict[str, Any], step: int) -> bool:
         """A newcomer takes the current state and starts its probation.

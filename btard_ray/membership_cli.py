@@ -1,4 +1,5 @@
-"""``btard join``, ``btard leave`` and ``btard status``: taking part in a running job by name.
+"""``btard join``, ``btard leave``, ``btard status`` and ``btard finish``: taking part in a
+running job by name.
 
 Errors print one line and exit 2 (no such job, the job admits nobody, a refused puzzle
 solution, a leave request not signed by the peer's key or the job's key).
@@ -38,6 +39,17 @@ def _controller(job: str, address: Optional[str]):
         return find_controller(job)
     except JoinError as exc:
         _fail(str(exc))
+
+
+def _status_of(controller: Any, job: str, doing: str) -> dict[str, Any]:
+    """The controller's status; one line and exit 2 if the job ended meanwhile."""
+    import ray
+
+    try:
+        return ray.get(controller.status.remote())
+    except ray.exceptions.RayError:
+        _fail(f"job {job!r} ended while {doing}")
+        raise  # (unreachable: _fail exits)
 
 
 def join(
@@ -176,6 +188,60 @@ def leave(
     out.print(f"peer {left} leaves job {job} at the next step boundary")
 
 
+def finish(
+    job: str = JOB_OPT,
+    address: Optional[str] = ADDRESS_OPT,
+    key: Optional[Path] = typer.Option(
+        None, "--key", "-k", help="The job's key (RUN_DIR/job_key). Default: job_key in the run directory the job "
+                                  "reports, when this machine can read it.", show_default=False),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the job has finished."),
+) -> None:
+    """End a running job early and cleanly, as its owner: the current step is its last.
+
+    Unlike `btard jobs stop` (which kills a submitted job), the job finishes the step it is
+    in, evaluates, checks that all peers' weights agree, writes the final checkpoint and
+    summary.json, and records `job_finished` in the ledger with this signed request as
+    evidence. `btard resume RUN_DIR` can later train it on to its configured steps.
+
+    Example:  btard finish --job quickstart
+    """
+    import ray
+
+    from admission.client import finish as finish_job, unwrap
+    from btard_ray.identity import Identity, IdentityError
+
+    controller = _controller(job, address)
+    st = _status_of(controller, job, "asking it to finish")
+    if st.get("state") in ("finished", "failed"):
+        _fail(f"job {job!r} has already {st['state']}")
+    path = key or (Path(st["run_dir"]) / "job_key" if st.get("run_dir") else None)
+    if path is None:
+        _fail(f"job {job!r} reports no run directory: pass --key RUN_DIR/job_key")
+    try:
+        at = finish_job(controller, job, Identity.load(path), int(st.get("step", 0)))
+    except IdentityError as exc:
+        _fail(f"{exc} (the job's key is RUN_DIR/job_key on the machine that runs the job; pass it with --key)")
+    except Exception as exc:  # noqa: BLE001 - LeaveError from the controller: one line
+        _fail(str(unwrap(exc)))
+    out.print(f"job {job} finishes after the step it is in (asked at step {at})", highlight=False)
+    if not wait:
+        return
+    state, step = "ended", st.get("step")
+    while True:
+        try:
+            st = ray.get(controller.status.remote())
+        except ray.exceptions.RayError:
+            break  # the controller is stopped once the job has written its summary
+        step = st.get("step")
+        if st.get("state") in ("finished", "failed"):
+            state = st["state"]
+            break
+        time.sleep(POLL_SECONDS / 4)
+    out.print(f"job {job} has {state} (last seen at step {step})", highlight=False)
+    if state == "failed":
+        raise typer.Exit(1)
+
+
 def status(
     job: str = JOB_OPT,
     address: Optional[str] = ADDRESS_OPT,
@@ -187,13 +253,7 @@ def status(
     """
     import json
 
-    import ray
-
-    controller = _controller(job, address)
-    try:
-        st = ray.get(controller.status.remote())
-    except ray.exceptions.RayError:
-        _fail(f"job {job!r} ended while asking for its status")
+    st = _status_of(_controller(job, address), job, "asking for its status")
     if as_json:
         typer.echo(json.dumps(st, default=str))
         return

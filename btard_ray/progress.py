@@ -38,3 +38,7 @@ class TrainingProgress:
         if accuracy is not None:
             fields["acc"] = f"{100 * accuracy:.2f}%"
         self._progress.update(self._task, advance=1, **fields)
+
+    def set_total(self, total_steps: int) -> None:
+        """The job ends at ``total_steps`` instead (the owner asked it to finish early)."""
+        self._progress.update(self._task, total=total_steps)

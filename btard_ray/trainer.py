@@ -395,11 +395,16 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
                           f"  btard join --job {cfg.name} --address {address}", highlight=False, soft_wrap=True)
         with TrainingProgress(cfg.steps, cfg.name, enabled=show_progress, console=console,
                               completed=first) as progress:
-            for t in range(first, cfg.steps):
-                last = t + 1 == cfg.steps
-                checked = (t + 1) % cfg.weight_check_every == 0 or last
+            end = cfg.steps  # the job's last step + 1: cfg.steps, or earlier when the owner asks (btard finish)
+            t = first
+            while t < end:
                 if job.boundary(t, seed, last_eval):
                     pending = None  # the membership changed: the prefetched commitments are void
+                if job.finish_request is not None and end > t + 1:
+                    end = t + 1  # this step is the last: evaluated, weight-checked, then the final checkpoint
+                    progress.set_total(end)
+                last = t + 1 == end
+                checked = (t + 1) % cfg.weight_check_every == 0 or last
                 members = membership.active()
                 while True:  # a peer that crashes or goes silent mid-step: drop it, run the step again
                     try:
@@ -449,8 +454,9 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
                 # A checkpoint after the step's bans: the state at the start of step t + 1.
                 if cfg.checkpoint_every and (t + 1) % cfg.checkpoint_every == 0 and not last:
                     checkpoint(t + 1)
+                t += 1
 
-        final = checkpoint(cfg.steps, final=True)
+        final = checkpoint(end, final=True)
         weight_hash = final.weight_hash
         summary = _summary(cfg, all_outcomes, last_eval, membership.active(), num_params, weight_hash,
                            time.perf_counter() - t_start)
@@ -458,10 +464,15 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
         summary["banned"] = banned
         summary["resumed_from"] = resumes  # steps this job was resumed from (btard resume)
         summary.update(job.summary())
+        # `btard finish`: the step the owner's request arrived at (the job ended one step later)
+        summary["finished_early"] = (None if job.finish_request is None
+                                     else {"asked_at_step": job.finish_request["asked_at_step"], "steps": end})
         if tribunal is not None:
-            ray.get(tribunal.record.remote(cfg.steps, "job_finished", None, None, {
+            early = {} if job.finish_request is None else {"finished_early": True,
+                                                           "evidence": job.finish_request["evidence"]}
+            ray.get(tribunal.record.remote(end, "job_finished", None, None, {
                 "final_test_accuracy": summary["final_test_accuracy"], "weight_hash": weight_hash,
-                "banned": [str(b["peer"]) for b in banned]}))
+                "banned": [str(b["peer"]) for b in banned], **early}))
             summary["job_public_key"] = ray.get(tribunal.public_key.remote())
             summary["accusations"] = sum(o.accusations for o in all_outcomes)
             # Steps in which a forged gradient was found: nobody applied them.

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from lines import Lines
 from typer.testing import CliRunner
 
 from btard_ray.cli import app
@@ -36,7 +37,7 @@ SMALL = ["--set", "steps=6", "--set", "peers=3", "--set", "eval_every=6", "--set
 NEW_COMMANDS = [
     ["cluster"], ["cluster", "start"], ["cluster", "stop"], ["cluster", "status"], ["submit"],
     ["jobs"], ["jobs", "list"], ["jobs", "status"], ["jobs", "logs"], ["jobs", "stop"],
-    ["join"], ["leave"], ["status"],
+    ["join"], ["leave"], ["status"], ["finish"],
 ]
 runner = CliRunner()
 
@@ -257,8 +258,10 @@ def test_join_a_submitted_job_from_a_second_process(cluster, client, tmp_path):
     """`btard join` in its own process finds the submitted job by name, solves the puzzle,
     serves its probation and is promoted; the job's summary and ledger show it."""
     name = "joined"
-    result = _btard("submit", QUICKSTART, "--name", name, "--set", "peers=3", "--set", "steps=150",
-                    "--set", "eval_every=150", "--set", "checkpoint_every=0", "--set", "admission.alpha=1",
+    # The job runs until `btard finish` ends it: a join takes seconds, more on a busy machine,
+    # so no fixed number of steps is sure to outlast it.
+    result = _btard("submit", QUICKSTART, "--name", name, "--set", "peers=3", "--set", "steps=5000",
+                    "--set", "eval_every=5000", "--set", "checkpoint_every=0", "--set", "admission.alpha=1",
                     "--set", "admission.probation_steps=3", "--out", str(cluster.runs / name), "--address", cluster.url)
     assert result.returncode == 0, result.stdout + result.stderr
     deadline = time.monotonic() + 180
@@ -267,10 +270,19 @@ def test_join_a_submitted_job_from_a_second_process(cluster, client, tmp_path):
     assert "is joinable" in client.get_job_logs(name), client.get_job_logs(name)
 
     key = tmp_path / "joiner.key"
-    joined = _btard("join", "--job", name, "--address", cluster.gcs, "--key", str(key), timeout=300)
-    assert joined.returncode == 0, joined.stdout + joined.stderr
-    assert "admitted as peer 3" in joined.stdout
-    assert "peer 3 is active" in joined.stdout  # promoted after probation, while the job ran
+    joiner = subprocess.Popen([sys.executable, "-m", "btard_ray.cli", "join", "--job", name, "--address", cluster.gcs,
+                               "--key", str(key)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=REPO, env=_env(PYTHONUNBUFFERED="1"))
+    try:
+        lines = Lines(joiner)
+        lines.wait_for("admitted as peer 3", 300)
+        lines.wait_for("peer 3 is active", 180)  # promoted after probation, while the job runs
+        finished = _btard("finish", "--job", name, "--address", cluster.gcs, timeout=300)
+        assert finished.returncode == 0, finished.stdout + finished.stderr
+        assert lines.rest(120) and joiner.returncode == 0, lines.text()
+    finally:
+        if joiner.poll() is None:
+            joiner.kill()
     assert key.stat().st_mode & 0o777 == 0o600
 
     assert _wait_for(client, name, {"SUCCEEDED", "FAILED", "STOPPED"}) == "SUCCEEDED"

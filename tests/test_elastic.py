@@ -30,7 +30,10 @@ pytestmark = pytest.mark.integration
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 WAIT_SECONDS = 240.0
-JOIN_STEPS = 200  # room for two joins: each builds its peer actor first (seconds, more on a busy machine)
+# Jobs that take joiners run "forever" and are ended by their owner (`btard finish`) once
+# what the test waits for has happened: a join takes seconds (the joiner builds its peer
+# actor, solves the puzzle), more on a busy machine, so no fixed step count is long enough.
+LONG_STEPS = 5000
 
 
 class JobThread(threading.Thread):
@@ -82,6 +85,29 @@ def _wait_step(controller: Any, step: int) -> dict[str, Any]:
         time.sleep(0.1)
 
 
+def _wait_for(controller: Any, what: str, ready: Any) -> dict[str, Any]:
+    """Poll the job's status until ``ready(status)``."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        status = ray.get(controller.status.remote())
+        if ready(status):
+            return status
+        assert time.monotonic() < deadline, f"never happened: {what}; status: {status}"
+        time.sleep(0.1)
+
+
+def _state(status: dict[str, Any], peer: int) -> str | None:
+    record = status.get("peers", {}).get(str(peer))
+    return record["state"] if record else None
+
+
+def _finish(controller: Any, name: str, tmp_path: Path) -> int:
+    """End the job after its current step, as its owner (the job key in its run directory)."""
+    from admission.client import finish
+
+    return finish(controller, name, Identity.load(tmp_path / name / "job_key"))
+
+
 def _events(run_dir: Path) -> list[Any]:
     with Ledger(str(run_dir / "ledger.db"), create=False) as ledger:
         assert ledger.verify().ok
@@ -89,20 +115,26 @@ def _events(run_dir: Path) -> list[Any]:
 
 
 def test_honest_joiner_is_promoted_and_aggregates_attacker_is_banned_in_probation(ray_session, tmp_path):
-    job, controller = _start("elastic-join", tmp_path, f"steps={JOIN_STEPS}", f"eval_every={JOIN_STEPS}",
+    job, controller = _start("elastic-join", tmp_path, f"steps={LONG_STEPS}", f"eval_every={LONG_STEPS}",
                              "admission.alpha=1",
                              "admission.probation_steps=3", "admission.max_joins_per_step=1")
     _wait_step(controller, 2)
     honest = join(controller, Identity.generate())
     byzantine = join(controller, Identity.generate(), attack="sign_flip")
+    # the honest joiner has aggregated for a few steps, the Byzantine one is out
+    _wait_for(controller, "promotion and ban", lambda st: _state(st, byzantine.peer) == "banned"
+              and _state(st, honest.peer) == "active"
+              and st["step"] >= st["peers"][str(honest.peer)]["promoted_step"] + 3)
+    _finish(controller, "elastic-join", tmp_path)
     summary = job.result()
+    assert summary["finished_early"]["steps"] == summary["steps"] < LONG_STEPS
 
     records = summary["membership"]
     good, bad = records[str(honest.peer)], records[str(byzantine.peer)]
     # the honest joiner served its probation, was promoted, and then aggregated parts
     assert good["state"] == "active" and good["promoted_step"] is not None
     assert good["promoted_step"] - good["joined_step"] == 3 + 1 - 1  # 3 clean steps, promoted at the next boundary
-    assert good["aggregated_parts"] == JOIN_STEPS - good["promoted_step"]
+    assert good["aggregated_parts"] == summary["steps"] - good["promoted_step"]
     # the sign-flipping joiner was caught by probation validation and never aggregated
     assert bad["state"] == "banned" and bad["reason"] == "wrong_gradient"
     assert bad["promoted_step"] is None and bad["aggregated_parts"] == 0
@@ -166,15 +198,16 @@ def test_an_unknown_job_name_is_a_clear_error(ray_session):
 def test_leave_at_the_next_step_boundary(ray_session, tmp_path):
     from admission.client import leave
 
-    job, controller = _start("elastic-leave", tmp_path, "steps=20", "eval_every=20", "admission.alpha=1")
+    job, controller = _start("elastic-leave", tmp_path, f"steps={LONG_STEPS}", f"eval_every={LONG_STEPS}",
+                             "admission.alpha=1", f"admission.probation_steps={LONG_STEPS}")
     _wait_step(controller, 2)
     joiner_key = Identity.generate()
     joined = join(controller, joiner_key)
     # nobody but the peer itself (or the job's owner) may make it leave
     with pytest.raises(ValueError, match="not signed by its key"):
         leave(controller, "elastic-leave", joined.peer, Identity.generate())
-    status = _wait_step(controller, 6)
-    assert status["peers"][str(joined.peer)]["state"] == "probation"
+    # (a probation as long as the job: the status below is taken while it serves it)
+    _wait_for(controller, "probation", lambda st: _state(st, joined.peer) == "probation")
     # `btard status` shows the same (the test process is connected, as a CLI process would be)
     from typer.testing import CliRunner
 
@@ -186,9 +219,42 @@ def test_leave_at_the_next_step_boundary(ray_session, tmp_path):
     table = CliRunner().invoke(app, ["status", "--job", "elastic-leave"])
     assert table.exit_code == 0 and "probation" in table.output and "active" in table.output
     assert leave(controller, "elastic-leave", joined.peer, joiner_key) == joined.peer
+    _wait_for(controller, "the joiner left", lambda st: _state(st, joined.peer) == "left")
+    # only the job's key may end the job early
+    from admission.client import finish
+
+    with pytest.raises(ValueError, match="only the job's key may ask for finish"):
+        finish(controller, "elastic-leave", joiner_key)
+    _finish(controller, "elastic-leave", tmp_path)
     summary = job.result()
+    assert summary["finished_early"]["steps"] == summary["steps"] < LONG_STEPS
+    assert summary["weights_agree"] and (tmp_path / "elastic-leave" / "checkpoint" / "final.pt").is_file()
     assert summary["membership"][str(joined.peer)]["state"] == "left"
     assert [entry["peer"] for entry in summary["left"]] == [joined.peer]
     assert summary["banned"] == [] and summary["dropped"] == [] and summary["active_peers"] == 6
-    kinds = [(e.kind, e.peer) for e in _events(tmp_path / "elastic-leave")]
-    assert ("left", str(joined.peer)) in kinds
+    events = _events(tmp_path / "elastic-leave")
+    assert ("left", str(joined.peer)) in [(e.kind, e.peer) for e in events]
+    # the owner's signed request is the evidence of the early end
+    finished = events[-1]
+    assert finished.kind == "job_finished" and finished.step == summary["steps"]
+    assert finished.details["finished_early"] and finished.details["evidence"][0]["payload"] == {"finish": True}
+
+
+def test_a_job_finished_early_resumes_to_more_steps(ray_session, tmp_path):
+    """`btard finish` leaves a clean final checkpoint: `btard resume --steps N` trains on from
+    it, and the ledger's chain goes on and verifies."""
+    from btard_ray.trainer import resume
+
+    job, controller = _start("elastic-finish", tmp_path, f"steps={LONG_STEPS}", f"eval_every={LONG_STEPS}")
+    _wait_step(controller, 3)
+    asked = _finish(controller, "elastic-finish", tmp_path)
+    summary = job.result()
+    ran = summary["steps"]
+    assert summary["finished_early"] == {"asked_at_step": asked, "steps": ran} and asked < ran < LONG_STEPS
+    assert summary["weights_agree"] and summary["banned"] == []
+
+    resumed = resume(RunDir(tmp_path / "elastic-finish"), steps=ran + 4, show_progress=False)
+    assert resumed["steps"] == ran + 4 and resumed["resumed_from"] == [ran]
+    assert resumed["finished_early"] is None and resumed["weights_agree"]
+    kinds = [e.kind for e in _events(tmp_path / "elastic-finish")]  # (_events verifies the chain)
+    assert kinds == ["job_started", "job_finished", "job_resumed", "job_finished"]

@@ -10,60 +10,71 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from lines import Lines
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+LONG_STEPS = 5000  # the job runs until `btard finish` ends it: no step count is long enough for a join
 
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"  # lines arrive as they are printed
     return env
 
 
 def test_btard_join_into_a_running_btard_run(tmp_path):
+    """`btard run` prints the join command; `btard join` in a second process follows its peer
+    through probation to active; `btard finish` (a third) ends the job cleanly; the joiner
+    exits with it."""
     run_dir = tmp_path / "run"
     job = subprocess.Popen(
         [sys.executable, "-m", "btard_ray.cli", "run", str(QUICKSTART), "--no-progress", "--name", "join-cli",
-         "--out", str(run_dir), "--set", "steps=150", "--set", "eval_every=150", "--set", "checkpoint_every=0",
-         "--set", "admission.alpha=1", "--set", "admission.probation_steps=3"],
+         "--out", str(run_dir), "--set", f"steps={LONG_STEPS}", "--set", f"eval_every={LONG_STEPS}",
+         "--set", "checkpoint_every=0", "--set", "admission.alpha=1", "--set", "admission.probation_steps=3"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=_env())
+    joiner = None
     try:
-        command, seen, deadline = None, [], time.monotonic() + 180
-        while command is None and time.monotonic() < deadline:
-            line = job.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            found = re.search(r"btard join --job join-cli --address (\S+)", line)
-            command = found and found.group(1)
-        assert command, "btard run did not print the join command:\n" + "".join(seen)
+        job_lines = Lines(job)
+        address = job_lines.wait_for(r"btard join --job join-cli --address (\S+)", 180).group(1)
 
         key = tmp_path / "me.key"
-        joined = subprocess.run(
-            [sys.executable, "-m", "btard_ray.cli", "join", "--job", "join-cli", "--address", command, "--key",
-             str(key)], capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
-        assert joined.returncode == 0, joined.stdout + joined.stderr
-        assert "admitted as peer 6" in joined.stdout
-        assert "peer 6 is probation" in joined.stdout and "peer 6 is active" in joined.stdout
-        rest, _ = job.communicate(timeout=300)
-        assert job.returncode == 0, "".join(seen) + rest
+        joiner = subprocess.Popen(
+            [sys.executable, "-m", "btard_ray.cli", "join", "--job", "join-cli", "--address", address, "--key",
+             str(key)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=_env())
+        joiner_lines = Lines(joiner)
+        joiner_lines.wait_for(r"admitted as peer 6", 300)
+        joiner_lines.wait_for(r"peer 6 is probation", 120)
+        joiner_lines.wait_for(r"peer 6 is active", 120)
+
+        finished = subprocess.run(
+            [sys.executable, "-m", "btard_ray.cli", "finish", "--job", "join-cli", "--address", address],
+            capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
+        assert finished.returncode == 0, finished.stdout + finished.stderr
+        assert "job join-cli finishes after the step it is in" in finished.stdout
+        assert "job join-cli has finished" in finished.stdout or "job join-cli has ended" in finished.stdout
+        out = joiner_lines.rest(120)
+        assert joiner.returncode == 0, out
+        assert "the job has finished" in out or "the job has ended" in out
+        rest = job_lines.rest(300)
+        assert job.returncode == 0, rest
     finally:
-        if job.poll() is None:
-            job.kill()
+        for proc in (job, joiner):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["membership"]["6"]["state"] == "active"
     assert summary["membership"]["6"]["aggregated_parts"] > 0
     assert summary["active_peers"] == 7 and summary["weights_agree"]
+    assert summary["finished_early"]["steps"] == summary["steps"] < LONG_STEPS
 
 
 def test_join_an_unknown_job_is_one_line(tmp_path):
