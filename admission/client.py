@@ -36,6 +36,9 @@ from btard_ray.runtime import namespace_for
 DEFAULT_KEY_DIR = Path.home() / ".btard" / "keys"
 EXPIRED_RETRIES = 2  # fresh challenges after a solution that came too late
 RATE_LIMIT_SECONDS = 120.0  # how long a joiner keeps asking for a challenge while they are rationed
+# How long a joiner's peer actor may take to be placed and built (a new Ray worker importing
+# torch: ~10 s on 2 busy cores). Past it, the cluster most likely has no free resources for it.
+START_SECONDS = 300.0
 
 
 class JoinError(RuntimeError):
@@ -50,6 +53,7 @@ class Joined:
     public_key: str
     actor: ActorHandle
     solution: Solution
+    challenge: Challenge
 
 
 def default_key_path(job: str, index: int = 0) -> Path:
@@ -87,40 +91,74 @@ def unwrap(exc: Exception) -> Exception:
     return cause if isinstance(cause, Exception) else exc
 
 
-def join(controller: ActorHandle, identity: Identity, attack: str | None = None,
-         on_evaluation: Callable[[int], None] | None = None, info: dict[str, Any] | None = None) -> Joined:
-    """Admit ``identity`` into the controller's job; see the module docstring.
-
-    ``attack``: run this attack from the library (experiments: a Byzantine joiner).
-    Raises :class:`AdmissionError` when the controller refuses the solution and
-    :class:`JoinError` when the job admits nobody.
-    """
+def launch_peer(config: dict[str, Any], identity: Identity, attack: str | None = None) -> ActorHandle:
+    """Create this joiner's Peer actor for a job of ``config`` (the controller's ``job_info``),
+    holding ``identity``'s key, on this node, without waiting for it to be built (see
+    :func:`await_peer`). ``attack``: run this attack from the library (experiments: a
+    Byzantine joiner). Raises ValueError for a bad attack name."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from btard_ray.config import validate_config
     from btard_ray.peer import Peer
 
-    info = info or ray.get(controller.job_info.remote())
-    if not info["accepting"]:
-        raise JoinError(info["refusal"])
-    config = dict(info["config"])
-    if attack:
-        config["attack"] = {**config.get("attack", {}), "name": attack, "count": 1, "start_step": 0, "every": 1,
-                            "stop_step": None}
-    cfg = validate_config(config)  # also checks the attack's name
+    cfg = _peer_config(config, attack)
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
     options: dict[str, Any] = {"num_cpus": cfg.resources.cpus_per_peer, "scheduling_strategy": here}
     if cfg.resources.gpus_per_peer > 0:
         options["num_gpus"] = cfg.resources.gpus_per_peer
-    actor = Peer.options(**options).remote(cfg.model_dump(mode="json"), -1, bool(attack),
-                                           identity.seed_for_own_actor())
+    return Peer.options(**options).remote(cfg.model_dump(mode="json"), -1, bool(attack), identity.seed_for_own_actor())
+
+
+def await_peer(actor: ActorHandle, config: dict[str, Any], timeout: float = START_SECONDS) -> ActorHandle:
+    """``actor`` once it is built (model, data set); :class:`JoinError` when it cannot start or
+    is not built within ``timeout`` seconds (Ray keeps an actor that no node has room for
+    pending forever; the joiner says so instead of hanging)."""
+    try:
+        ray.get(actor.info.remote(), timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        ray.kill(actor)
+        res = _peer_config(config, None).resources
+        raise JoinError(f"the peer's actor did not start within {timeout:.0f} s: this node may have no free "
+                        f"resources for it (it needs {res.cpus_per_peer:g} CPUs"
+                        + (f" and {res.gpus_per_peer:g} GPUs" if res.gpus_per_peer > 0 else "")
+                        + "; see `btard cluster status`)") from None
+    except ray.exceptions.RayError as exc:
+        raise JoinError(f"this machine could not start the peer: {unwrap(exc)}") from None
+    return actor
+
+
+def start_peer(config: dict[str, Any], identity: Identity, attack: str | None = None,
+               timeout: float = START_SECONDS) -> ActorHandle:
+    """:func:`launch_peer`, then :func:`await_peer`: the joiner's actor, built."""
+    return await_peer(launch_peer(config, identity, attack), config, timeout)
+
+
+def _peer_config(config: dict[str, Any], attack: str | None) -> Any:
+    from btard_ray.config import validate_config
+
+    config = dict(config)
+    if attack:
+        config["attack"] = {**config.get("attack", {}), "name": attack, "count": 1, "start_step": 0, "every": 1,
+                            "stop_step": None}
+    return validate_config(config)  # also checks the attack's name
+
+
+def join(controller: ActorHandle, identity: Identity, attack: str | None = None,
+         on_evaluation: Callable[[int], None] | None = None, info: dict[str, Any] | None = None,
+         actor: ActorHandle | None = None) -> Joined:
+    """Admit ``identity`` into the controller's job; see the module docstring.
+
+    ``attack``: run this attack from the library (experiments: a Byzantine joiner).
+    ``actor``: a peer already launched (:func:`launch_peer`) with this identity, which this
+    waits for (else one is started here). Raises :class:`AdmissionError` when the controller refuses the solution
+    and :class:`JoinError` when the job admits nobody.
+    """
+    info = info or ray.get(controller.job_info.remote())
+    if not info["accepting"]:
+        raise JoinError(info["refusal"])
     # The actor is built (model, data set) before the puzzle is asked for: the driver takes it
     # in at a step boundary, and the whole job would otherwise wait for its construction there;
     # and the challenge's expiry then only has to cover the solving.
-    try:
-        ray.get(actor.info.remote())
-    except ray.exceptions.RayError as exc:
-        raise JoinError(f"this machine could not start the peer: {unwrap(exc)}") from None
+    actor = await_peer(actor, info["config"]) if actor is not None else start_peer(info["config"], identity, attack)
     for attempt in range(EXPIRED_RETRIES + 1):
         challenge = _challenge(controller, identity)
         solution = solve(challenge, on_evaluation=on_evaluation)
@@ -137,7 +175,7 @@ def join(controller: ActorHandle, identity: Identity, attack: str | None = None,
         except ray.exceptions.RayActorError as exc:
             ray.kill(actor)
             raise JoinError(f"the job ended while joining it ({_first_line(exc)})") from None
-    return Joined(peer, identity.public_hex, actor, solution)
+    return Joined(peer, identity.public_hex, actor, solution, challenge)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -211,6 +249,5 @@ def _reachable(target: str) -> None:
                         "that `btard run` printed)") from None
 
 
-__all__ = ["AdmissionError", "JoinError", "Joined", "connect_cluster", "default_key_path", "find_controller", "finish",
-           "join",
-           "key_paths", "leave", "load_or_create", "unwrap"]
+__all__ = ["AdmissionError", "JoinError", "await_peer", "Joined", "connect_cluster", "default_key_path", "find_controller", "finish",
+           "join", "key_paths", "launch_peer", "leave", "load_or_create", "start_peer", "unwrap"]

@@ -16,7 +16,10 @@ instance, each job's driver in a thread of this process; joiners use
   leave``), alternately, every ``--churn-every`` steps. Reported: the driver's wall seconds
   per step (from ``metrics.jsonl``: boundaries, hand-offs and evaluations included) and the
   mean time inside the protocol's step (``summary.json``'s ``mean_step_seconds``), both runs
-  side by side. A joiner's puzzle and actor start-up run on the same 2 cores as the job.
+  side by side. The joiners' actors are built before the churn run starts (on a cluster a
+  joiner builds its actor on its own machine; here it would be a Ray worker importing torch
+  on the job's two cores), so the steps pay what the job pays for churn: the hand-off at the
+  boundary, probation validation, and a new partition at each promotion and leave.
 
 Commands::
 
@@ -34,6 +37,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
@@ -44,7 +48,7 @@ from typing import Any, Callable
 import btard_ray  # noqa: F401  - Ray auth mode before Ray is imported
 import ray
 
-from admission.client import finish, find_controller, join, leave
+from admission.client import finish, find_controller, join, leave, start_peer
 from btard_ray.config import load_config
 from btard_ray.identity import Identity
 from btard_ray.run_dir import RunDir
@@ -55,6 +59,10 @@ REPO = HERE.parent
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 LONG_STEPS = 100_000  # jobs that take joiners run until `btard finish` ends them
 WAIT_SECONDS = 600.0
+# Ray places an actor only where its CPU share fits: 6 peers at the quickstart's 0.25 fill
+# 1.5 of the 2 CPUs, so a third joiner would wait forever. The reservation does not change
+# how fast anything runs (every process shares the same 2 cores anyway).
+CPUS_PER_PEER = "resources.cpus_per_peer=0.1"
 
 
 class Job(threading.Thread):
@@ -64,7 +72,7 @@ class Job(threading.Thread):
         super().__init__(daemon=True)
         self.name = name
         self.run_dir = work / name
-        self.cfg = load_config(QUICKSTART, [f"name={name}", "checkpoint_every=0", *overrides])
+        self.cfg = load_config(QUICKSTART, [f"name={name}", "checkpoint_every=0", CPUS_PER_PEER, *overrides])
         self.summary: dict[str, Any] | None = None
         self.error: BaseException | None = None
 
@@ -116,78 +124,95 @@ def state_of(status: dict[str, Any], peer: int) -> str | None:
 # -- join latency -----------------------------------------------------------------------------
 
 
-def join_latency(alpha: float, probation: int, work: Path) -> dict[str, Any]:
+def join_latency(alpha: float, probation: int, joins: int, work: Path) -> dict[str, Any]:
+    """``joins`` honest joiners, one after the other, each followed from request to active."""
     name = f"latency-a{alpha:g}-p{probation}".replace(".", "_")
     job = Job(name, work, [f"steps={LONG_STEPS}", f"eval_every={LONG_STEPS}", f"admission.alpha={alpha:g}",
                            f"admission.probation_steps={probation}"])
     job.start()
     controller = job.controller()
     wait_status(controller, lambda st: st.get("step", 0) >= 5)
-    t0 = time.perf_counter()
-    joined = join(controller, Identity.generate())
-    t_admitted = time.perf_counter()
-    t_probation, st_probation = wait_status(controller, lambda st: state_of(st, joined.peer) == "probation")
-    t_active, st_active = wait_status(controller, lambda st: state_of(st, joined.peer) == "active")
+    samples = []
+    for _ in range(joins):
+        t0 = time.perf_counter()
+        joined = join(controller, Identity.generate())
+        t_admitted = time.perf_counter()
+        t_probation, _ = wait_status(controller, lambda st: state_of(st, joined.peer) == "probation")
+        t_active, _ = wait_status(controller, lambda st: state_of(st, joined.peer) == "active")
+        samples.append({"peer": joined.peer, "evaluations": joined.solution.evaluations,
+                        "expected_evaluations": joined.challenge.expected_evaluations,
+                        "solve_seconds": joined.solution.seconds,
+                        # the actor is built before the challenge is asked for; the rest of join() is solving
+                        "build_seconds": max(t_admitted - t0 - joined.solution.seconds, 0.0),
+                        "admitted_after_s": t_admitted - t0, "probation_after_s": t_probation - t0,
+                        "active_after_s": t_active - t0, "probation_seconds": t_active - t_probation})
     summary = job.finish(controller)
-    record = summary["membership"][str(joined.peer)]
-    return {
-        "alpha": alpha, "probation_steps": probation, "peer": joined.peer,
-        "puzzle_evaluations": joined.solution.evaluations, "solve_seconds": joined.solution.seconds,
-        # the actor is built before the challenge is asked for; the rest of join() is solving + submitting
-        "build_seconds": max(t_admitted - t0 - joined.solution.seconds, 0.0),
-        "admitted_after_s": t_admitted - t0, "probation_after_s": t_probation - t0, "active_after_s": t_active - t0,
-        "probation_seconds": t_active - t_probation, "joined_step": record["joined_step"],
-        "promoted_step": record["promoted_step"], "step_seconds": summary["mean_step_seconds"],
-        "steps_in_probation": record["promoted_step"] - record["joined_step"],
-        "status_steps": [st_probation["step"], st_active["step"]], "final_state": record["state"],
-    }
+    for sample in samples:
+        record = summary["membership"][str(sample["peer"])]
+        sample["steps_in_probation"] = record["promoted_step"] - record["joined_step"]
+        assert record["state"] == "active", record
+    keys = [k for k in samples[0] if k != "peer"]
+    return {"alpha": alpha, "probation_steps": probation, "joins": joins, "step_seconds": summary["mean_step_seconds"],
+            "mean": {k: statistics.fmean(s[k] for s in samples) for k in keys}, "samples": samples}
 
 
 # -- churn ------------------------------------------------------------------------------------
 
 
-def wall_per_step(run_dir: Path, skip: int) -> float:
-    """Driver wall seconds per step between the evaluations at ``skip`` and the last one."""
+def wall_per_step(run_dir: Path, after: int) -> float:
+    """Driver wall seconds per step between the evaluation at step ``after`` and the last one."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    first = next(r for r in rows if r["step"] >= skip)
+    first = next(r for r in rows if r["step"] >= after)
     last = rows[-1]
     return (last["wall_seconds"] - first["wall_seconds"]) / (last["step"] - first["step"])
 
 
 def churn_run(churn: bool, steps: int, every: int, work: Path) -> dict[str, Any]:
+    """``steps`` steps; with ``churn`` one join, then one leave (of the latest joiner), in turn,
+    at every multiple of ``every`` steps. The joiners' actors are built before the job starts:
+    on a cluster a joiner builds its actor on its own machine, so only what the job pays for a
+    join (the hand-off at the boundary, probation validation, a new partition at promotion
+    and at the leave) falls in the measured steps, not a Ray worker starting on these cores."""
     name = "churn" if churn else "steady"
-    eval_every = every
-    job = Job(name, work, [f"steps={LONG_STEPS if churn else steps}", f"eval_every={eval_every}",
+    job = Job(name, work, [f"steps={LONG_STEPS if churn else steps}", f"eval_every={every}",
                            "admission.alpha=1", "admission.probation_steps=3"])
+    events: list[dict[str, Any]] = []
+    ready: list[tuple[Identity, Any]] = []
+    if churn:
+        config = job.cfg.model_dump(mode="json")
+        for _ in range(steps // every // 2 + 1):
+            identity = Identity.generate()
+            ready.append((identity, start_peer(config, identity)))
     job.start()
     controller = job.controller()
-    events: list[dict[str, Any]] = []
     if churn:
-        joined: list[Any] = []
-        keys: dict[int, Identity] = {}
-        target = every
-        while True:
-            _, st = wait_status(controller, lambda s: s.get("step", 0) >= target)
-            if st["step"] >= steps:
-                break
-            if not joined or len(events) % 2 == 0:
-                identity = Identity.generate()
-                one = join(controller, identity)
-                joined.append(one)
-                keys[one.peer] = identity
+        joined: list[tuple[Identity, Any]] = []
+        for target in range(every, steps, every):
+            st = wait_status(controller, lambda s: s.get("step", 0) >= target)[1]
+            if len(events) % 2 == 0:
+                identity, actor = ready.pop()
+                one = join(controller, identity, actor=actor)
+                joined.append((identity, one))
                 events.append({"step": st["step"], "event": "join", "peer": one.peer})
             else:
-                peer = joined.pop().peer
-                leave(controller, name, peer, keys[peer])
-                events.append({"step": st["step"], "event": "leave", "peer": peer})
-            target = max(st["step"], target) + every
+                identity, one = joined.pop()
+                leave(controller, name, one.peer, identity)
+                events.append({"step": st["step"], "event": "leave", "peer": one.peer})
+        wait_status(controller, lambda s: s.get("step", 0) >= steps)
         summary = job.finish(controller)
     else:
         summary = job.result()
-    return {"run": name, "steps": summary["steps"], "events": events,
+    rows = [json.loads(line) for line in (job.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    windows, previous = [], 0.0
+    for row in rows:  # one per evaluation: every `every` steps
+        windows.append({"to_step": row["step"], "active_peers": row["active_peers"],
+                        "wall_per_step": (row["wall_seconds"] - previous) / every, "step_seconds": row["step_seconds"]})
+        previous = row["wall_seconds"]
+    return {"run": name, "steps": summary["steps"], "events": events, "windows": windows,
             "wall_per_step": wall_per_step(job.run_dir, every),
             "mean_step_seconds": summary["mean_step_seconds"], "final_test_accuracy": summary["final_test_accuracy"],
             "joined": len(summary.get("joined", [])), "left": len(summary.get("left", [])),
+            "promoted": sum(1 for j in summary.get("joined", []) if j["promoted_step"] is not None),
             "banned": summary["banned"], "dropped": summary.get("dropped", []),
             "weights_agree": summary["weights_agree"], "active_peers": summary["active_peers"]}
 
@@ -207,29 +232,36 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"Machine: {m['platform']}, {m['cores']} cores (load average at start {m['load_average_at_start']}), "
              f"Python {m['python']}, ray {m['ray']}, CPU only. Run on {result['date']}, "
              f"{result['minutes']:.1f} min in all.  ",
+             *[f"The {part} results are from an earlier run: `{k['command']}` on {k['date']}.  "
+               for part, k in result.get("kept", {}).items()],
              "Jobs: configs/quickstart.yaml (6 honest peers, MNIST CNN on the digits, CenteredClip, full defence), "
              "one local Ray instance on these 2 cores, shared by the job's peers and the joiners.", ""]
     if result.get("latency"):
         lines += ["## Join latency (seconds from the join request)", "",
-                  "build: the joiner's peer actor started and loaded (before it asks for a challenge); solve: the "
-                  "argon2id nonce search; probation: taken in at a step boundary, with the state of the majority; "
-                  "active: promoted after its clean probation steps. Step: the job's mean seconds per step.", "",
-                  "| α | probation steps | build | solve (evaluations) | admitted | probation starts | active "
-                  "| of which probation | steps in probation | step (s) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "Means over the joins of each setting, one after the other into the same job. build: the "
+                  "joiner's peer actor started and loaded (a new Ray worker importing torch, before it asks for "
+                  "a challenge); solve: the argon2id nonce search (evaluations against the challenge's expected "
+                  "k = α · gradient seconds / evaluation seconds; the count is geometric, so single solves vary "
+                  "widely); probation starts: taken in at a step boundary with the majority's state; active: "
+                  "promoted after its clean probation steps. Step: the job's mean seconds per step.", "",
+                  "| α | probation steps | joins | build | solve | evaluations (expected) | admitted "
+                  "| probation starts | **active** | of which probation | steps in probation | step (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in result["latency"]:
-            lines.append(f"| {r['alpha']:g} | {r['probation_steps']} | {r['build_seconds']:.1f} | "
-                         f"{r['solve_seconds']:.2f} ({r['puzzle_evaluations']}) | {r['admitted_after_s']:.1f} | "
-                         f"{r['probation_after_s']:.1f} | **{r['active_after_s']:.1f}** | {r['probation_seconds']:.1f} "
-                         f"| {r['steps_in_probation']} | {r['step_seconds']:.3f} |")
+            m = r["mean"]
+            lines.append(f"| {r['alpha']:g} | {r['probation_steps']} | {r['joins']} | {m['build_seconds']:.1f} | "
+                         f"{m['solve_seconds']:.2f} | {m['evaluations']:.0f} ({m['expected_evaluations']:.0f}) | "
+                         f"{m['admitted_after_s']:.1f} | {m['probation_after_s']:.1f} | **{m['active_after_s']:.1f}** | "
+                         f"{m['probation_seconds']:.1f} | {m['steps_in_probation']:.0f} | {r['step_seconds']:.3f} |")
         lines.append("")
     if result.get("churn"):
         steady, churned = result["churn"]
         lines += ["## Step time during churn", "",
                   f"Both runs {result['churn_steps']} steps (wall per step measured from step "
                   f"{result['churn_every']} on). Churn: one join or one leave every {result['churn_every']} steps "
-                  f"(α = 1, probation 3 steps): {len(churned['events'])} events, "
-                  f"{churned['joined']} joined, {churned['left']} left.", "",
+                  f"(α = 1, probation 3 steps; the joiners' actors built before the job started): "
+                  f"{len(churned['events'])} events, {churned['joined']} joined, {churned['promoted']} promoted, "
+                  f"{churned['left']} left.", "",
                   "| run | driver wall s/step | vs steady | protocol step s (mean) | active peers at the end "
                   "| banned | dropped | weights agree | test accuracy |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -238,7 +270,17 @@ def to_markdown(result: dict[str, Any]) -> str:
                          f"| {r['mean_step_seconds']:.3f} | {r['active_peers']} | {len(r['banned'])} | "
                          f"{len(r['dropped'])} | {r['weights_agree']} | {100 * r['final_test_accuracy']:.1f}% |")
         lines += ["", "Churn events (step, event, peer): " + ", ".join(
-            f"{e['step']} {e['event']} {e['peer']}" for e in churned["events"]), ""]
+            f"{e['step']} {e['event']} {e['peer']}" for e in churned["events"]), "",
+                  f"Per window of {result['churn_every']} steps (the first includes start-up): driver wall s/step and "
+                  "mean protocol step s, steady | churn; active peers in the churn run at the window's end "
+                  "(a joiner is on probation for the 3 steps after a join: it commits, a validator re-computes it, "
+                  "it is not aggregated; after its promotion it is one more active peer).", "",
+                  "| steps to | steady wall | steady step | churn wall | churn step | churn active peers |",
+                  "|---|---|---|---|---|---|"]
+        for a, b in zip(steady["windows"], churned["windows"]):
+            lines.append(f"| {a['to_step']} | {a['wall_per_step']:.3f} | {a['step_seconds']:.3f} | "
+                         f"{b['wall_per_step']:.3f} | {b['step_seconds']:.3f} | {b['active_peers']} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -247,6 +289,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("latency", "churn"), action="append")
     parser.add_argument("--alpha", type=float, action="append", help="puzzle cost in gradients (repeatable)")
     parser.add_argument("--probation", type=int, action="append", help="probation steps (repeatable)")
+    parser.add_argument("--joins", type=int, default=3, help="joiners per (α, probation) setting")
     parser.add_argument("--churn-steps", type=int, default=120)
     parser.add_argument("--churn-every", type=int, default=10)
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -268,7 +311,7 @@ def main() -> None:
                 result["latency"] = []
                 for alpha in alphas:
                     for probation in probations:
-                        row = join_latency(alpha, probation, work)
+                        row = join_latency(alpha, probation, args.joins, work)
                         print(json.dumps(row), flush=True)
                         result["latency"].append(row)
             if "churn" in only:
@@ -279,6 +322,14 @@ def main() -> None:
         ray.shutdown()
     result["minutes"] = (time.perf_counter() - started) / 60
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / "elastic_latency.json"
+    if previous.is_file():  # a run of one part keeps the other part's recorded results (and its command)
+        kept = json.loads(previous.read_text())
+        for part in ("latency", "churn"):
+            if part not in result and part in kept:
+                result[part] = kept[part]
+                result.setdefault("kept", {})[part] = kept.get("kept", {}).get(part) or {
+                    "command": kept["command"], "date": kept["date"]}
     (args.out / "elastic_latency.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "elastic_latency.md").write_text(to_markdown(result) + "\n")
     print(to_markdown(result))

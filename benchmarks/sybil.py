@@ -527,8 +527,10 @@ def conclusions(variants: list[dict[str, Any]], alpha: float) -> list[str]:
         share = r.get("attacker_cpu_share")
         if share is not None and math.isfinite(share) and r["accepted"]:
             per_identity = r["attacker_cpu_seconds"] / r["accepted"]
-            text += (f" This is a loose test here: on this shared, oversubscribed machine the pinned joiner got only "
-                     f"{share:.2f} of its core (its CPU time over the attack), so at the budget it really had the "
+            text += (f" This is a loose test here: the pinned joiner used only {share:.2f} of its core (its CPU time "
+                     f"over the attack; the rest of the time it waited, mostly for its next identity's peer actor, a new "
+                     f"Ray worker importing torch that takes ~10 s on these 2 cores and is overlapped with one puzzle "
+                     f"only, and on a busy machine for the core itself), so at the budget it really had the "
                      f"bound is {r['bound_at_cpu_share']:.3f} per step and it got "
                      f"{r['measured_identities_per_step'] / r['bound_at_cpu_share']:.2f} of that. Per unit of compute:"
                      f" it spent {per_identity:.2f} CPU-seconds per identity against the price α · gradient_seconds = "
@@ -581,7 +583,7 @@ def conclusions(variants: list[dict[str, Any]], alpha: float) -> list[str]:
             out.append(f"`{r['variant']}`: steps whose boundary took a Sybil in lasted "
                        f"{r['step_seconds_with_take_in']:.1f} s on average against "
                        f"{r['step_seconds_without_take_in']:.2f} s for the others: the driver waits at the boundary for "
-                       "the newcomer's actor (here a fresh Ray worker starting on the oversubscribed machine) to answer "
+                       "the newcomer's actor to answer "
                        "and hands it the state. Every Sybil costs the honest peers that, banned or not, and it is "
                        "why a step took "
                        f"{r['step_wall_seconds']:.2f} s of wall time during the attack against the summary's "

@@ -78,7 +78,7 @@ def join(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from admission.book import AdmissionError
-    from admission.client import JoinError, join as join_job, key_paths, load_or_create
+    from admission.client import JoinError, join as join_job, key_paths, launch_peer, load_or_create
     from btard_ray.identity import IdentityError
 
     import ray
@@ -95,25 +95,46 @@ def join(
               f"{costs['expected_evaluations']:.0f} argon2id evaluations ({costs['alpha']:g} gradients)",
               highlight=False)
     joined = []
-    for path in key_paths(job, key, count):
+    paths = key_paths(job, key, count)
+
+    def identity_at(i: int) -> Any:
         try:
-            identity = load_or_create(path)
+            return load_or_create(paths[i])
         except IdentityError as exc:
             _fail(str(exc))
+
+    identity, actor = identity_at(0), None
+    for i, path in enumerate(paths):
+        upcoming = None
+        if i + 1 < len(paths):
+            # The next identity's actor builds (in its own Ray worker) while this one solves
+            # its puzzle: with --count K the puzzles, not the actors' start-up, set the pace.
+            upcoming = identity_at(i + 1)
+            try:
+                upcoming_actor = launch_peer(info["config"], upcoming, attack)
+            except ValueError as exc:  # a bad --attack name (the config check)
+                _fail(str(exc))
         with Progress(TextColumn("solving puzzle"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=out, transient=True) as progress:
             task = progress.add_task("puzzle", total=max(1, round(costs["expected_evaluations"])))
             try:
                 one = join_job(controller, identity, attack,
-                               on_evaluation=lambda k: progress.update(task, completed=k), info=info)
-            except (AdmissionError, JoinError) as exc:
-                _fail(str(exc))
-            except ValueError as exc:  # a bad --attack name (the config check)
-                _fail(str(exc))
+                               on_evaluation=lambda k: progress.update(task, completed=k), info=info, actor=actor)
+            except (AdmissionError, JoinError, ValueError) as exc:  # (ValueError: a bad --attack name)
+                if not joined:
+                    _fail(str(exc))
+                # The identities already admitted stay (this process owns their peers).
+                err.print(f"[bold red]error:[/] {exc}; keeping the {len(joined)} identities admitted so far",
+                          highlight=False, soft_wrap=True)
+                if upcoming is not None:
+                    ray.kill(upcoming_actor)
+                break
         joined.append(one)
         out.print(f"admitted as peer [bold]{one.peer}[/] (key {one.public_key[:16]}…, {path}) after "
                   f"{one.solution.evaluations} evaluations in {one.solution.seconds:.1f} s; probation starts at the "
                   "next step boundary", highlight=False)
+        if upcoming is not None:
+            identity, actor = upcoming, upcoming_actor
     if wait:
         _follow(controller, job, [j.peer for j in joined], {j.peer: p for j, p in zip(joined, key_paths(job, key, count))})
 

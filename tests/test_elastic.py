@@ -258,3 +258,13 @@ def test_a_job_finished_early_resumes_to_more_steps(ray_session, tmp_path):
     assert resumed["finished_early"] is None and resumed["weights_agree"]
     kinds = [e.kind for e in _events(tmp_path / "elastic-finish")]  # (_events verifies the chain)
     assert kinds == ["job_started", "job_finished", "job_resumed", "job_finished"]
+
+
+def test_a_joiner_whose_actor_cannot_be_placed_says_why(ray_session):
+    """Ray keeps an actor that no node has room for pending forever: the joiner gives up
+    after its timeout with one line naming the resources, instead of hanging."""
+    from admission.client import JoinError, start_peer
+
+    config = load_config(QUICKSTART, ["name=unplaceable", "resources.cpus_per_peer=64"]).model_dump(mode="json")
+    with pytest.raises(JoinError, match=r"did not start within 3 s: .*needs 64 CPUs"):
+        start_peer(config, Identity.generate(), timeout=3)
