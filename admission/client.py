@@ -149,8 +149,8 @@ def join(controller: ActorHandle, identity: Identity, attack: str | None = None,
 
     ``attack``: run this attack from the library (experiments: a Byzantine joiner).
     ``actor``: a peer already launched (:func:`launch_peer`) with this identity, which this
-    waits for (else one is started here). Raises :class:`AdmissionError` when the controller refuses the solution
-    and :class:`JoinError` when the job admits nobody.
+    waits for (else one is started here). Raises :class:`AdmissionError` when the
+    controller refuses the solution and :class:`JoinError` when the job admits nobody.
     """
     info = info or ray.get(controller.job_info.remote())
     if not info["accepting"]:
@@ -249,5 +249,6 @@ def _reachable(target: str) -> None:
                         "that `btard run` printed)") from None
 
 
-__all__ = ["AdmissionError", "JoinError", "await_peer", "Joined", "connect_cluster", "default_key_path", "find_controller", "finish",
-           "join", "key_paths", "launch_peer", "leave", "load_or_create", "start_peer", "unwrap"]
+__all__ = ["AdmissionError", "JoinError", "Joined", "await_peer", "connect_cluster", "default_key_path",
+           "find_controller", "finish", "join", "key_paths", "launch_peer", "leave", "load_or_create", "start_peer",
+           "unwrap"]

@@ -178,6 +178,9 @@ class AdmissionController:
     def _owner_message(self, raw: dict[str, Any], field: str) -> Message:
         """``raw`` as a verified ``admin`` message of this job, signed by the job key, whose
         payload has ``field``; LeaveError otherwise."""
+        if self.job_public_key is None:
+            raise LeaveError(f"job {self.job!r} runs without the defence (protocol.checks=false): it has no job key "
+                             f"to sign a request for {field} with")
         try:
             msg = Message.from_dict(raw)
         except MessageError as exc:

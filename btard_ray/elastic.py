@@ -150,7 +150,7 @@ class ElasticJob:
                 news, self._sync = ray.get(self._sync), None
         if news is not None:
             if news.get("finish") and self.finish_request is None:
-                self.finish_request = {**news["finish"], "last_step": step}
+                self.finish_request = dict(news["finish"])
             for entry in news["admitted"]:
                 changed |= self._admit(entry, step)
             for peer, request in news["leaving"].items():  # after admitting: one may leave at once

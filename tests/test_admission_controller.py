@@ -116,3 +116,45 @@ def test_a_job_without_the_defence_admits_nobody(ray_session):
                 raise unwrap(exc) from None
     finally:
         ray.kill(controller)
+
+
+def test_only_the_job_key_may_finish_the_job(ray_session, job):
+    from admission.client import finish
+    from admission.controller import LeaveError
+
+    controller, _, _ = job
+    assert ray.get(controller.sync.remote(4, b"\x02" * 32, {}, 1))["finish"] is None
+    with pytest.raises(LeaveError, match="only the job's key may ask for finish"):
+        finish(controller, JOB, Identity.generate())
+    assert ray.get(controller.sync.remote(5, b"\x03" * 32, {}, 1))["finish"] is None  # refused: nothing handed on
+
+
+def test_a_finish_request_is_signed_evidence_handed_to_the_driver(ray_session, tmp_path):
+    from admission.client import finish
+
+    cfg = load_config(QUICKSTART, [f"name={JOB}-finish"])
+    key = Identity.generate()
+    controller = AdmissionController.remote(cfg.model_dump(mode="json"), None, key.public_hex, 6, 3, b"\x01" * 32)
+    try:
+        ray.get(controller.publish.remote({"step": 3}))
+        assert finish(controller, f"{JOB}-finish", key, 3) == 3
+        assert finish(controller, f"{JOB}-finish", key, 5) == 3  # asking again changes nothing
+        news = ray.get(controller.sync.remote(4, b"\x02" * 32, {}, 1))
+        evidence = news["finish"]["evidence"]
+        assert len(evidence) == 1 and evidence[0]["payload"] == {"finish": True}
+        assert evidence[0]["sender"] == key.public_hex
+    finally:
+        ray.kill(controller)
+
+
+def test_a_job_without_the_defence_cannot_be_finished_by_key_and_says_why(ray_session):
+    from admission.client import finish
+    from admission.controller import LeaveError
+
+    cfg = load_config(QUICKSTART, [f"name={JOB}-plainfinish", "protocol.checks=false", "aggregator.name=mean"])
+    controller = AdmissionController.remote(cfg.model_dump(mode="json"), None, None, 6)
+    try:
+        with pytest.raises(LeaveError, match="runs without the defence .* no job key"):
+            finish(controller, f"{JOB}-plainfinish", Identity.generate())
+    finally:
+        ray.kill(controller)
