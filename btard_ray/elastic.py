@@ -51,6 +51,7 @@ class ElasticJob:
         assert cfg.name is not None
         self.cfg = cfg
         self.run_dir = run_dir
+        self._run_dir_abs = str(run_dir.path.resolve())  # in the status: `btard finish` finds the job key there
         self.peers = peers
         self.membership = membership
         self.keys = keys
@@ -186,7 +187,7 @@ class ElasticJob:
     def _status(self, step: int, state: str, last_eval: dict[str, float]) -> dict[str, Any]:
         return {"job": self.cfg.name, "state": state, "step": step, "steps": self.cfg.steps,
                 "peers": self.membership.snapshot(), "last_eval": dict(last_eval), "history": self.history[-10:],
-                "gradient_seconds": self.gradient_seconds, "run_dir": str(self.run_dir.path.resolve())}
+                "gradient_seconds": self.gradient_seconds, "run_dir": self._run_dir_abs}
 
     def _admit(self, entry: dict[str, Any], step: int) -> bool:
         """A newcomer takes the current state and starts its probation.

@@ -136,7 +136,7 @@ def join(
         if upcoming is not None:
             identity, actor = upcoming, upcoming_actor
     if wait:
-        _follow(controller, job, [j.peer for j in joined], {j.peer: p for j, p in zip(joined, key_paths(job, key, count))})
+        _follow(controller, job, [j.peer for j in joined], {j.peer: p for j, p in zip(joined, paths)})
 
 
 def _follow(controller: Any, job: str, peers: list[int], keys: dict[int, Path]) -> None:

@@ -464,12 +464,13 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
         summary["banned"] = banned
         summary["resumed_from"] = resumes  # steps this job was resumed from (btard resume)
         summary.update(job.summary())
-        # `btard finish`: the step the owner's request arrived at (the job ended one step later)
-        summary["finished_early"] = (None if job.finish_request is None
-                                     else {"asked_at_step": job.finish_request["asked_at_step"], "steps": end})
+        # `btard finish`: the step the owner's request arrived at (the job ended one step later);
+        # a request that came with the job's last step anyway changed nothing
+        early_end = job.finish_request is not None and end < cfg.steps
+        summary["finished_early"] = ({"asked_at_step": job.finish_request["asked_at_step"], "steps": end}
+                                     if early_end else None)
         if tribunal is not None:
-            early = {} if job.finish_request is None else {"finished_early": True,
-                                                           "evidence": job.finish_request["evidence"]}
+            early = {"finished_early": True, "evidence": job.finish_request["evidence"]} if early_end else {}
             ray.get(tribunal.record.remote(end, "job_finished", None, None, {
                 "final_test_accuracy": summary["final_test_accuracy"], "weight_hash": weight_hash,
                 "banned": [str(b["peer"]) for b in banned], **early}))
