@@ -191,6 +191,10 @@ def experiment(
         None, "--concurrency", "-j", min=1,
         help="Cells at once. Default: the grid's `concurrency`, else as many as the cluster's CPUs hold.",
         show_default=False),
+    only: Optional[list[str]] = typer.Option(
+        None, "--only", metavar="PATTERN",
+        help="Run only the cells whose id matches this shell pattern (repeatable), e.g. 'mean--*' or "
+             "'*--sign_flip--*'. The report still covers every finished cell.", show_default=False),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the grid and list its cells; run nothing."),
 ) -> None:
     """Run a grid of attacked training runs and write results.csv, results.md and PNG figures.
@@ -206,7 +210,7 @@ def experiment(
 
     try:
         grid, base = load_grid(grid_file)
-        planned = check_cells(grid, base)
+        planned = check_cells(grid, base, only or ())
     except ConfigError as exc:
         _fail(str(exc), 2)
     if dry_run:
@@ -235,7 +239,7 @@ def experiment(
                 if status != "skipped":
                     bar.console.print(f"{status}: {cell.id}")
 
-            result = run_grid(grid, base, out_dir, concurrency, on_done=done)
+            result = run_grid(grid, base, out_dir, concurrency, on_done=done, only=only or ())
         command = "btard experiment " + " ".join(sys.argv[2:])
         machine = f"{platform.machine()}, {os.cpu_count()} CPUs"
         paths = write_results(grid, out_dir, command, machine)

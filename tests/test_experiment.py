@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from btard_ray.config import ConfigError
-from btard_ray.experiment.grid import CLEAN, check_cells, expand, load_grid
+from btard_ray.experiment.grid import CLEAN, check_cells, expand, load_grid, select
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,35 @@ def test_a_bad_override_names_its_cell(tmp_path):
         check_cells(grid, base)
 
 
+def test_only_selects_cells_by_pattern_in_grid_order():
+    grid, base = load_grid(REPO / "configs" / "experiments" / "mnist_replication.yaml")
+    cells = expand(grid)
+    picked = select(cells, ["mean--sign_flip--*", "mean--clean--*"])
+    assert [c.id for c in picked] == ["mean--clean--seed0", "mean--sign_flip--aggressive--seed0",
+                                      "mean--sign_flip--mild--seed0"]
+    assert len(select(cells, ["*--mild--seed2"])) == 5  # one per attack, the full protocol only
+    assert select(cells, []) == cells
+    with pytest.raises(ConfigError, match=r"--only 'men--\*' matches no cell \(cell ids look like btard--clean--seed0"):
+        select(cells, ["men--*"])
+    assert [c.id for c, _ in check_cells(grid, base, ["btard--clean--*"])] == [
+        f"btard--clean--seed{s}" for s in (0, 1, 2)]
+
+
+def test_experiment_cli_only_and_dry_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from btard_ray.cli import app
+
+    grid = REPO / "configs" / "experiments" / "mnist_replication.yaml"
+    result = CliRunner().invoke(app, ["experiment", str(grid), "--out", str(tmp_path), "--dry-run",
+                                      "--only", "coordinate_median--label_flip--*"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "2 cells"
+    assert "coordinate_median--label_flip--mild--seed0: 6 peers, 900 steps" in result.output
+    bad = CliRunner().invoke(app, ["experiment", str(grid), "--out", str(tmp_path), "--dry-run", "--only", "x"])
+    assert bad.exit_code == 2 and "--only 'x' matches no cell" in bad.output
+
+
 @pytest.mark.integration
 def test_a_tiny_grid_runs_reports_and_resumes(ray_session, tmp_path):
     from btard_ray.experiment.report import write_results
@@ -57,8 +86,10 @@ def test_a_tiny_grid_runs_reports_and_resumes(ray_session, tmp_path):
         "name: tiny\nset: [steps=6, eval_every=3, peers=4]\nattacks: [sign_flip]\n"
         "schedules: {every: {count: 1}}\ndefences: {btard: [], mean: [protocol.checks=false, aggregator.name=mean]}\n")))
     out = tmp_path / "out"
+    part = run_grid(grid, base, out, concurrency=1, only=["mean--*"])
+    assert [c.id for c in part["done"]] == ["mean--clean--seed0", "mean--sign_flip--every--seed0"]
     first = run_grid(grid, base, out, concurrency=1)
-    assert len(first["done"]) == 4 and not first["failed"]
+    assert len(first["done"]) == 2 and len(first["skipped"]) == 2 and not first["failed"]
     paths = write_results(grid, out, "test", "test machine")
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     rows = {r["cell"]: r for r in csv.DictReader((out / "results.csv").open())}

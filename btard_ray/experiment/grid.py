@@ -23,9 +23,10 @@ seed. A cell is one ``btard run`` of the base config with its overrides.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -134,10 +135,25 @@ def cell_config(grid: GridConfig, base: Path, cell: Cell) -> JobConfig:
     return cfg
 
 
-def check_cells(grid: GridConfig, base: Path) -> list[tuple[Cell, JobConfig]]:
-    """Every cell with its config, so that a bad override fails before anything runs."""
+def select(cells: Sequence[Cell], only: Sequence[str]) -> list[Cell]:
+    """The cells whose id matches one of the shell patterns ``only`` (all cells when empty),
+    in grid order: ``mean--*`` is one defence, ``*--sign_flip--*`` one attack.
+
+    A pattern that matches no cell is a ConfigError (a typo would otherwise run nothing).
+    """
+    if not only:
+        return list(cells)
+    for pattern in only:
+        if not any(fnmatch.fnmatchcase(c.id, pattern) for c in cells):
+            raise ConfigError(f"--only {pattern!r} matches no cell (cell ids look like {cells[0].id})")
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.id, p) for p in only)]
+
+
+def check_cells(grid: GridConfig, base: Path, only: Sequence[str] = ()) -> list[tuple[Cell, JobConfig]]:
+    """Every cell (or those ``only`` selects, see :func:`select`) with its config, so that a
+    bad override fails before anything runs."""
     out = []
-    for cell in expand(grid):
+    for cell in select(expand(grid), only):
         try:
             out.append((cell, cell_config(grid, base, cell)))
         except ConfigError as exc:

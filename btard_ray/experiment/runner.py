@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ray
 
@@ -41,13 +41,15 @@ def default_concurrency(cfgs: list[JobConfig]) -> int:
 
 
 def run_grid(grid: GridConfig, base: Path, out: Path, concurrency: int | None = None,
-             on_done: Callable[[Cell, str], None] | None = None) -> dict[str, list[Cell]]:
-    """Run every unfinished cell; returns ``{"done": [...], "skipped": [...], "failed": [...]}``.
+             on_done: Callable[[Cell, str], None] | None = None, only: Sequence[str] = ()
+             ) -> dict[str, list[Cell]]:
+    """Run every unfinished cell (of those ``only`` selects: shell patterns on cell ids);
+    returns ``{"done": [...], "skipped": [...], "failed": [...]}``.
 
     ``on_done(cell, status)`` is called as each cell ends (status: done, failed, skipped).
     Ray must be connected.
     """
-    planned = check_cells(grid, base)
+    planned = check_cells(grid, base, only)
     result: dict[str, list[Cell]] = {"done": [], "skipped": [], "failed": []}
     todo: list[tuple[Cell, JobConfig]] = []
     for cell, cfg in planned:
