@@ -239,7 +239,8 @@ class Peer:
     def compute(self, step: int, members: list[int]) -> tuple:
         """Gradient of this peer's public batch at ``step``, as n parts plus a stats dict."""
         t0 = time.perf_counter()
-        flat, loss = self.replica.gradient_for(self.peer_id, step)
+        # An attacker attacks without the defence too: that is what the baselines are for.
+        flat, loss, _ = self.protocol.gradient(step, members)
         # clone: a view would pickle its whole base tensor into the object store
         parts = [p.cpu().clone() for p in split(flat, len(members))]
         self._own_part = (step, parts[members.index(self.peer_id)])
@@ -253,6 +254,8 @@ class Peer:
         t0 = time.perf_counter()
         stacked = torch.stack(rows).to(self.device)
         result = self.aggregate_fn(stacked).cpu()
+        if self.protocol._attacking(step):  # an aggregation attack (shifted, scaled, ...)
+            result = self.protocol.attack.aggregate(step, refs.index(None), result)  # type: ignore[union-attr]
         self._own_aggregate = (step, result)
         stats = {
             "scatter_wait_s": fetch["wait_s"],

@@ -165,8 +165,10 @@ class PeerProtocol:
 
     # -- 1. compute and commit ---------------------------------------------------------------
 
-    def commit(self, step: int, members: list[int], seed: bytes) -> tuple[list[torch.Tensor], dict, float]:
-        """Gradient parts to send, the signed commitment, and the batch loss."""
+    def gradient(self, step: int, members: Sequence[int]) -> tuple[torch.Tensor, float, bool]:
+        """(flat gradient this peer sends at ``step``, batch loss, whether it attacks now):
+        the honest gradient of its public batch, or what its attack makes of it. Used with
+        and without the defence (``protocol.checks: false`` runs the same attacks)."""
         flat, loss = self.replica.gradient_for(self.me, step)
         attacking = self._attacking(step)
         if attacking:
@@ -174,6 +176,11 @@ class PeerProtocol:
 
             ctx = AttackContext.for_replica(self.replica, self.me, step, members, own=flat)
             flat = self.attack.gradient(step, flat, ctx)  # type: ignore[union-attr]
+        return flat, loss, attacking
+
+    def commit(self, step: int, members: list[int], seed: bytes) -> tuple[list[torch.Tensor], dict, float]:
+        """Gradient parts to send, the signed commitment, and the batch loss."""
+        flat, loss, attacking = self.gradient(step, members)
         # clone: a view would pickle its whole base tensor into the object store
         parts = [p.cpu().clone() for p in split(flat, len(members))]
         nonce = new_nonce()
