@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
+import ray
 from ray.actor import ActorHandle
 
-from btard_ray.failures import gather, gather_surviving
+from btard_ray.failures import PeerFailure, gather, gather_surviving
 
 PHASES = ("compute_s", "scatter_wait_s", "scatter_fetch_s", "aggregate_s", "gather_wait_s", "gather_fetch_s", "update_s")
 
@@ -47,6 +48,15 @@ class StepOutcome:
         return sum(self.losses.values()) / len(self.losses)
 
 
+def _collect_errors(refs: list[ray.ObjectRef], timeout: float = 5.0) -> None:
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError:
+            pass
+
+
 def run_step(peers: Mapping[int, ActorHandle], members: list[int], step: int, check_weights: bool,
              timeout: float | None = None) -> StepOutcome:
     """Run one synchronous butterfly step over ``members`` and wait for every update.
@@ -69,8 +79,15 @@ def run_step(peers: Mapping[int, ActorHandle], members: list[int], step: int, ch
     }
     # The rounds are pipelined, so a silent peer stalls everybody behind it: look for failures
     # round by round, the earliest round first, to name the peer that stalled.
-    compute_stats = gather({p: computed[p][n] for p in members}, peers, timeout, "compute")
-    agg_stats = gather({p: aggregated[p][1] for p in members}, peers, timeout, "aggregate")
+    try:
+        compute_stats = gather({p: computed[p][n] for p in members}, peers, timeout, "compute")
+        agg_stats = gather({p: aggregated[p][1] for p in members}, peers, timeout, "aggregate")
+    except PeerFailure:
+        # The later rounds fail with the earlier one: collect their errors, which Ray would
+        # otherwise print as "unhandled" tracebacks once the refs go out of scope.
+        _collect_errors([*(r for c in computed.values() for r in c), *(r for c in aggregated.values() for r in c),
+                         *applied.values()])
+        raise
     # Every apply needs every aggregate, so a peer that fails now failed after the aggregates
     # were made: everybody else applies the same update and the step completes without it.
     apply_stats, failed = gather_surviving(applied, peers, timeout, "apply")

@@ -114,6 +114,12 @@ def run(
         _fail(str(exc), 2)
     except Exception as exc:  # noqa: BLE001 - one line for the user; BTARD_DEBUG shows the rest
         _unexpected(exc)
+    if summary.get("diverged"):
+        # The run's files are written; the exit status says that it did not train to the end.
+        out.print(f"[red]diverged[/] at step {summary['diverged']['step']}: {summary['diverged']['reason']}; "
+                  f"test accuracy {100 * summary['final_test_accuracy']:.2f}%. Plot it: btard plot {target}",
+                  soft_wrap=True)
+        raise typer.Exit(1)
     out.print(
         f"done: test accuracy [bold]{100 * summary['final_test_accuracy']:.2f}%[/] after {summary['steps']} steps "
         f"in {summary['wall_seconds']:.0f} s; weights agree ({summary['weight_hash'][:12]}). "

@@ -16,7 +16,7 @@ its owner's code, and whatever it raises must cost it its seat, not stop the job
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import ray
 from ray.actor import ActorHandle
@@ -34,6 +34,16 @@ class PeerFailure(RuntimeError):
         self.failed = dict(failed)
         self.phase = phase
         super().__init__(f"{phase}: " + ", ".join(f"peer {p} {why}" for p, why in sorted(self.failed.items())))
+
+
+def diverged(failure: PeerFailure, members: Sequence[int]) -> bool:
+    """Whether every member failed the step because its gradient was not finite.
+
+    Then no peer is at fault: the shared weights themselves diverged (what an undefended
+    mean does under a sign-flip attack). Dropping the peers one by one would only end in
+    "no active peer is left"; the job ends as diverged instead, with its results.
+    """
+    return bool(members) and all("NonFiniteGradientError" in failure.failed.get(p, "") for p in members)
 
 
 def gather(refs: Mapping[int, ray.ObjectRef], handles: Mapping[int, ActorHandle], timeout: float | None,

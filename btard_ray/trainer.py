@@ -37,7 +37,7 @@ from btard_ray.butterfly import run_step
 from btard_ray.checkpoint import Checkpoint, ResumeError, StepRecord
 from btard_ray.config import ConfigError, JobConfig, load_config, validate_config
 from btard_ray.elastic import ElasticJob
-from btard_ray.failures import PeerFailure
+from btard_ray.failures import PeerFailure, diverged
 from btard_ray.membership import DROPPED, Membership
 from btard_ray.identity import Identity
 from btard_ray.peer import Peer
@@ -397,6 +397,7 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
                               completed=first) as progress:
             end = cfg.steps  # the job's last step + 1: cfg.steps, or earlier when the owner asks (btard finish)
             t = first
+            collapse: dict[str, Any] | None = None  # {step, reason} once the weights diverged
             while t < end:
                 if job.boundary(t, seed, last_eval):
                     pending = None  # the membership changed: the prefetched commitments are void
@@ -417,8 +418,23 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
                         break
                     except PeerFailure as failure:
                         pending = None
+                        if diverged(failure, members):
+                            collapse = {"step": t, "reason": "every peer's gradient is non-finite: the weights "
+                                                             "diverged"}
+                            break
                         job.drop(failure.failed, t, failure.phase)
                         members = membership.active()
+                if collapse is not None:
+                    # Nothing left to train: evaluate the diverged model and end the job with
+                    # its results (the same files as a finished job, `diverged` in the summary).
+                    end = t
+                    last_eval = ray.get(peers[members[0]].evaluate.remote())
+                    job.history.append({"step": t, **last_eval})
+                    run_dir.append_metrics({"step": t, **last_eval, "active_peers": len(members),
+                                            "wall_seconds": time.perf_counter() - t_start, "diverged": True})
+                    if console is not None:
+                        console.print(f"[red]step {t}: {collapse['reason']}[/]")
+                    break
                 if tribunal is not None:
                     pending = outcome.next_commits
                     seed = outcome.next_seed
@@ -463,10 +479,11 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
         summary["attackers"] = sorted({*attackers, *(p for p, r in membership.records.items() if r.attacker)})
         summary["banned"] = banned
         summary["resumed_from"] = resumes  # steps this job was resumed from (btard resume)
+        summary["diverged"] = collapse  # {step, reason} when the weights went non-finite, else None
         summary.update(job.summary())
         # `btard finish`: the step the owner's request arrived at (the job ended one step later);
         # a request that came with the job's last step anyway changed nothing
-        early_end = job.finish_request is not None and end < cfg.steps
+        early_end = job.finish_request is not None and end < cfg.steps and collapse is None
         summary["finished_early"] = ({"asked_at_step": job.finish_request["asked_at_step"], "steps": end}
                                      if early_end else None)
         if tribunal is not None:
@@ -478,7 +495,7 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
             summary["accusations"] = sum(o.accusations for o in all_outcomes)
             # Steps in which a forged gradient was found: nobody applied them.
             summary["skipped_steps"] = [o.step for o in all_outcomes if o.skipped]
-            summary["protocol_bytes_per_step"] = sum(o.protocol_bytes for o in all_outcomes) / len(all_outcomes)
+            summary["protocol_bytes_per_step"] = sum(o.protocol_bytes for o in all_outcomes) / max(len(all_outcomes), 1)
         run_dir.write_summary(summary)
         finished = True
         return summary
@@ -505,6 +522,7 @@ def _summary(
     # The first steps include actor warm-up (imports, first allocation): leave them out of
     # the per-step means when there are enough steps.
     steady = outcomes[min(len(outcomes) // 10, 5):] or outcomes
+    count = len(steady) or 1  # a job that diverged in its first step has no steps to average
     return {
         "job": cfg.name,
         "final_test_accuracy": last_eval.get("test_accuracy", math.nan),
@@ -518,9 +536,9 @@ def _summary(
         "num_params": num_params,
         "weights_agree": True,
         "weight_hash": weight_hash,
-        "mean_step_seconds": sum(o.wall_s for o in steady) / len(steady),
-        "phase_seconds": {ph: sum(o.phase_s.get(ph, 0.0) for o in steady) / len(steady)
+        "mean_step_seconds": sum(o.wall_s for o in steady) / count,
+        "phase_seconds": {ph: sum(o.phase_s.get(ph, 0.0) for o in steady) / count
                           for ph in dict.fromkeys(ph for o in steady for ph in o.phase_s)},
-        "bytes_per_peer_step": sum(o.bytes_per_peer for o in steady) / len(steady),
+        "bytes_per_peer_step": sum(o.bytes_per_peer for o in steady) / count,
         "butterfly_min_bytes_per_peer_step": 2 * (n - 1) / n * num_params * 4,
     }

@@ -96,7 +96,10 @@ def test_a_tiny_grid_runs_reports_and_resumes(ray_session, tmp_path):
     attacked = rows["btard--sign_flip--every--seed0"]
     assert (attacked["attackers"], attacked["attackers_banned"], attacked["honest_banned"]) == ("1", "1", "0")
     assert attacked["ban_steps"] == "0"
-    assert rows["mean--sign_flip--every--seed0"]["attackers_banned"] == "0"  # no defence, no bans
+    undefended = rows["mean--sign_flip--every--seed0"]
+    assert undefended["attackers_banned"] == "0"  # no defence, no bans
+    assert undefended["diverged_step"] != "" and float(undefended["final_test_accuracy"]) < 0.2  # the mean collapses
+    assert rows["btard--sign_flip--every--seed0"]["diverged_step"] == ""
     assert "| btard | sign_flip | every | 1 |" in (out / "results.md").read_text()
     again = run_grid(grid, base, out, concurrency=1)
     assert len(again["skipped"]) == 4 and not again["done"]

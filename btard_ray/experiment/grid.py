@@ -173,5 +173,7 @@ def summary_row(cell: Cell, summary: dict[str, Any]) -> dict[str, Any]:
         "attackers_banned": len([b for b in banned if b["peer"] in attackers]),
         "honest_banned": len([b for b in banned if b["peer"] not in attackers]),
         "ban_steps": " ".join(str(s) for s in ban_steps),
+        # the step at which the weights went non-finite (an undefended run's collapse), else ""
+        "diverged_step": (summary.get("diverged") or {}).get("step", ""),
         "wall_seconds": round(float(summary.get("wall_seconds", 0.0)), 1),
     }

@@ -56,6 +56,8 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "ban_steps": "; ".join(r["ban_steps"] or "-" for r in members) if attack != CLEAN else "-",
             "attackers_banned": f"{sum(r['attackers_banned'] for r in members)}/{sum(r['attackers'] for r in members)}",
             "honest_banned": sum(r["honest_banned"] for r in members),
+            "diverged": "; ".join(str(r["diverged_step"]) for r in members if r.get("diverged_step") not in ("", None))
+                        or "-",
         })
     return out
 
@@ -71,11 +73,12 @@ def write_results(grid: GridConfig, out: Path, command: str, machine: str) -> li
         writer.writeheader()
         writer.writerows(rows)
     cols = ["defence", "attack", "schedule", "seeds", "accuracy", "gap_points", "ban_steps", "attackers_banned",
-            "honest_banned"]
+            "honest_banned", "diverged"]
     lines = [f"# {grid.name}: results", "", f"Command: `{command}`  ", f"Machine: {machine}  ",
              f"Cells finished: {len(rows)} of {len(expand(grid))}. Accuracy: final test accuracy in %, mean ± std "
              "over seeds; gap: points below the same defence's clean runs on the same seeds; ban steps: the "
-             "0-based steps at which attackers were banned, per seed.", "",
+             "0-based steps at which attackers were banned, per seed; diverged: the step at which the weights "
+             "went non-finite and the run ended (its accuracy is that of the diverged model).", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in table(rows):
         lines.append("| " + " | ".join("-" if row[c] is None else str(row[c]) for c in cols) + " |")
