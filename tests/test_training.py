@@ -54,6 +54,48 @@ def test_mean_aggregator_matches_single_process_reference(ray_session, tmp_path)
         torch.testing.assert_close(trained[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_an_attacker_attacks_without_the_defence_too(ray_session, tmp_path):
+    """The baselines of an experiment (protocol.checks=false) face the same attack: with the
+    plain mean, a sign-flipping peer's −1000·g enters the mean exactly."""
+    import json
+
+    steps, peers = 4, 3
+    cfg = load_config(QUICKSTART, [f"peers={peers}", f"steps={steps}", "aggregator.name=mean", "protocol.checks=false",
+                                   "eval_every=4", "attack.name=sign_flip", "attack.count=1", "attack.start_step=1"])
+    train(cfg, RunDir(tmp_path), show_progress=False)
+    (attacker,) = json.loads((tmp_path / "summary.json").read_text())["attackers"]
+    trained = torch.load(tmp_path / "checkpoint" / "final.pt", weights_only=False)["model"]
+
+    reference = Replica(cfg)
+    for t in range(steps):
+        grads = [reference.gradient_for(pid, t)[0] * (-1000.0 if pid == attacker and t >= 1 else 1.0)
+                 for pid in range(peers)]
+        reference.apply_gradient(torch.stack(grads).mean(dim=0))
+    for key, value in reference.model.state_dict().items():
+        torch.testing.assert_close(trained[key], value, rtol=1e-4, atol=1e-4, msg=key)
+    honest = Replica(cfg)
+    for t in range(steps):
+        honest.apply_gradient(torch.stack([honest.gradient_for(pid, t)[0] for pid in range(peers)]).mean(dim=0))
+    assert any(not torch.allclose(trained[k], v, atol=1e-3) for k, v in honest.model.state_dict().items())
+
+
+def test_an_undefended_mean_collapses_and_the_job_ends_as_diverged(ray_session, tmp_path):
+    """Sign flip against the plain mean: the weights go non-finite within a few steps; the
+    job ends with its results (no "no active peer is left" error) and says where."""
+    import json
+
+    cfg = load_config(QUICKSTART, ["peers=3", "steps=40", "aggregator.name=mean", "protocol.checks=false",
+                                   "eval_every=10", "attack.name=sign_flip", "attack.count=1"])
+    summary = train(cfg, RunDir(tmp_path), show_progress=False)
+    assert summary["diverged"] is not None and 0 < summary["diverged"]["step"] < 40
+    assert "non-finite" in summary["diverged"]["reason"]
+    assert summary["steps"] == summary["diverged"]["step"] and summary["final_test_accuracy"] < 0.2
+    assert json.loads((tmp_path / "summary.json").read_text())["diverged"] == summary["diverged"]
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["diverged"] is True and last["step"] == summary["diverged"]["step"]
+    assert (tmp_path / "checkpoint" / "final.pt").is_file()
+
+
 def test_step_parts_are_owned_by_the_driver_and_hashes_detect_divergence(ray_session):
     """Peers exchange parts through the object store; a diverged replica is reported by name."""
     cfg = load_config(QUICKSTART, ["peers=3", "steps=2"])
