@@ -49,6 +49,7 @@ class StepOutcome:
 
 
 def _collect_errors(refs: list[ray.ObjectRef], timeout: float = 5.0) -> None:
+    """Fetch and discard whichever of ``refs`` finish within ``timeout`` (errors included)."""
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
     for ref in ready:
         try:

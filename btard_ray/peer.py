@@ -72,7 +72,7 @@ class Peer:
         attack = None
         if attacker and cfg.attack.name:
             attack = make_attack(cfg.attack.name, cfg.attack.params, seed=cfg.seed * 7 + 1)
-        from btard_ray.peer_protocol import PeerProtocol  # only with the defence on
+        from btard_ray.peer_protocol import PeerProtocol  # its attack also acts without the defence
 
         self.protocol = PeerProtocol(cfg, peer_id, self.identity, self.replica, attack)
         self._sent: tuple[int, list[torch.Tensor]] | None = None
@@ -237,7 +237,8 @@ class Peer:
         return stats
 
     def compute(self, step: int, members: list[int]) -> tuple:
-        """Gradient of this peer's public batch at ``step``, as n parts plus a stats dict."""
+        """Gradient of this peer's public batch at ``step`` (an attacker's: what its attack
+        makes of it), as n parts plus a stats dict."""
         t0 = time.perf_counter()
         # An attacker attacks without the defence too: that is what the baselines are for.
         flat, loss, _ = self.protocol.gradient(step, members)
