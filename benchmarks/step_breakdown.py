@@ -20,6 +20,7 @@ timing (the work per step does not depend on pixel values) and is said in the ou
 from __future__ import annotations
 
 import argparse
+import statistics
 import json
 import pickle
 import platform
@@ -109,6 +110,8 @@ def to_markdown(rows: list[dict], command: str, note: str) -> str:
     for r in rows:
         plain = by_name.get(r["setting"].split("/")[0] + "/plain")
         versus = f"{r['step_s'] / plain['step_s']:.2f}x" if plain else "-"
+        if r.get("pair_ratios"):
+            versus = f"{statistics.median(r['pair_ratios']):.2f}x"
         lines.append(
             f"| {r['setting']} | {r['num_params']:,} | {r['step_s']:.3f} | {versus} | {r['bytes_per_peer_step']:,.0f} | "
             f"{r['butterfly_min_bytes']:,.0f} | {r['bytes_per_peer_step'] / r['butterfly_min_bytes']:.4f} | "
@@ -118,6 +121,12 @@ def to_markdown(rows: list[dict], command: str, note: str) -> str:
     if runs:
         lines += ["", "Step time of every run (the table shows the median run): "
                   + "; ".join(f"{r['setting']} " + ", ".join(f"{v:.3f}" for v in r["step_s_runs"]) for r in runs)]
+    paired = [r for r in rows if r.get("pair_ratios")]
+    if paired:
+        lines += ["", "With --repeat the defended run and its plain run alternate, and \"vs plain\" is the median of "
+                  "the ratios of the runs made back to back (this machine's speed drifts by up to ~30 % over "
+                  "minutes, which a ratio of two medians taken minutes apart would fold in): "
+                  + "; ".join(f"{r['setting']} " + ", ".join(f"{v:.2f}" for v in r["pair_ratios"]) for r in paired)]
     lines += ["", "Phases (seconds per step):", ""]
     for r in rows:
         lines.append(f"- {r['setting']}: " + ", ".join(f"{k.removesuffix('_s')} {v:.4f}" for k, v in r["phases_s"].items()))
@@ -160,6 +169,10 @@ def main() -> None:
     if args.repeat > 1:
         command += f" --repeat {args.repeat}"
     rows = [{**_median_row(samples[name]), "command": command} for name in names]
+    for row in rows:
+        plain = samples.get(row["setting"].split("/")[0] + "/plain")
+        if row["setting"].endswith("/btard") and plain and len(plain) == len(samples[row["setting"]]) > 1:
+            row["pair_ratios"] = [b["step_s"] / p["step_s"] for b, p in zip(samples[row["setting"]], plain)]
     # Settings not run this time keep their last recorded row.
     recorded = args.out / "step_breakdown.json"
     if recorded.is_file():

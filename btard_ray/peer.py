@@ -77,6 +77,8 @@ class Peer:
         self.protocol = PeerProtocol(cfg, peer_id, self.identity, self.replica, attack)
         self._sent: tuple[int, list[torch.Tensor]] | None = None
         self._applied: int | None = None  # the step applied in audit_apply (rollback target)
+        # Messages the driver relayed earlier in the step in progress, so it sends each once.
+        self._relayed: dict[str, Any] = {}
 
     def ping(self) -> bool:
         """Liveness probe of the driver (:mod:`btard_ray.failures`)."""
@@ -107,16 +109,21 @@ class Peer:
         self.protocol.keys = dict(keys)
 
     def commit(self, step: int, members: list[int], seed: bytes) -> tuple:
-        """n parts (returned: owned by the driver), the signed commitment, stats."""
+        """n parts (returned: owned by the driver), then one dict ``{"commitment": signed
+        commitment, "compute": stats}`` (one small object instead of two: every returned
+        object costs the caller a registration and a fetch)."""
         t0 = time.perf_counter()
         sent, commitment, loss = self.protocol.commit(step, members, seed)
         self._sent = (step, sent)
-        return (*sent, commitment, {"loss": loss, "compute_s": time.perf_counter() - t0})
+        return (*sent, {"commitment": commitment, "compute": {"loss": loss, "compute_s": time.perf_counter() - t0}})
 
     def aggregate_reveal(self, step: int, refs: list[Optional[ray.ObjectRef]], commitments: dict) -> tuple:
-        """Aggregate, signed report, signed reveal (None: withheld), accusations, stats.
+        """(aggregate, ``{"report", "reveal", "accusations", "stats"}``): the aggregate is its
+        own object (every other peer fetches it), the small results travel together.
 
-        ``refs`` holds every member's part j (None for this peer's own slot).
+        ``refs`` holds every member's part j (None for this peer's own slot). The relayed
+        ``commitments`` are kept for the rest of the step (:meth:`gather_project` uses them),
+        so the driver sends them once.
         """
         if self._sent is None or self._sent[0] != step:
             raise RuntimeError(f"peer {self.peer_id}: no parts for step {step}")
@@ -125,19 +132,29 @@ class Peer:
         members = self.protocol._state(step).members
         t0 = time.perf_counter()
         x, report, accusations = self.protocol.aggregate(step, dict(zip(members, rows)), commitments)
+        self._relayed = {"step": step, "commitments": commitments}
         stats = {"scatter_wait_s": fetch["wait_s"], "scatter_fetch_s": fetch["fetch_s"],
                  "scatter_bytes": fetch["bytes"], "aggregate_s": time.perf_counter() - t0}
-        return x, report, self.protocol.reveal(step), accusations, stats
+        return x, {"report": report, "reveal": self.protocol.reveal(step), "accusations": accusations, "stats": stats}
+
+    def _relayed_for(self, step: int, what: str) -> dict:
+        """What the driver relayed earlier in ``step`` (commitments in round 2, reports in round 3)."""
+        if self._relayed.get("step") != step or what not in self._relayed:
+            raise RuntimeError(f"peer {self.peer_id}: no relayed {what} for step {step}")
+        return self._relayed[what]
 
     def gather_project(self, step: int, refs: list[Optional[ray.ObjectRef]], reports: dict, reveals: dict,
-                       commitments: dict, part_refs: dict[int, list[ray.ObjectRef]], probation: list[int] = []
-                       ) -> tuple:
+                       part_refs: dict[int, list[ray.ObjectRef]], probation: list[int] = []) -> tuple:
         """Gather and check the aggregates, open r_{t+1}, sign the inner products, validate.
 
-        Returns (inner products, accusations, stats). ``part_refs`` holds the sent parts of
-        this peer's validation targets (the driver derives the same targets; it hands over
-        only those, since every object ref in the arguments costs a borrower registration).
+        Returns (inner products, accusations, stats) as one object. ``part_refs`` holds the
+        sent parts of this peer's validation targets (the driver derives the same targets;
+        it hands over only those, since every object ref in the arguments costs a borrower
+        registration). The commitments are those relayed in round 2; the ``reports`` are
+        kept for :meth:`audit_apply`.
         """
+        commitments = self._relayed_for(step, "commitments")
+        self._relayed["reports"] = reports
         st = self.protocol._state(step)
         own = st.aggregates[st.members.index(self.peer_id)]
         rows, fetch = _fetch(refs, own)
@@ -155,29 +172,38 @@ class Peer:
                                     "gather_bytes": fetch["bytes"], "validate_s": time.perf_counter() - t0,
                                     "validated": len(targets)}
 
-    def audit_apply(self, step: int, inner: dict, reports: dict, apply: bool, check_weights: bool,
-                    next_commit: tuple[list[int], bytes] | None = None) -> tuple:
-        """Check every aggregate; when ``apply`` and this peer found nothing, also take the step.
+    def audit_apply(self, step: int, inner: dict, apply: bool, check_weights: bool,
+                    next_commit: tuple[list[int], bytes] | None = None) -> dict | tuple:
+        """Check every aggregate (against the reports relayed in round 3); when ``apply`` and
+        this peer found nothing, also take the step.
 
-        Returns (accusations, apply stats or None when the step was not applied). The state
-        before the update is kept, so a step the tribunal must redo can be rolled back.
+        Returns ``{"accusations", "apply": stats or None when the step was not applied}``. The
+        state before the update is kept, so a step the tribunal must redo can be rolled back.
 
         ``next_commit = (members, r_{t+1})`` also runs step t+1's :meth:`commit` on the new
-        weights in this same call, saving the step a round of actor calls; the call then
-        returns n + 2 more values (``commit``'s), all None when the step was not applied.
+        weights in this same call, saving the step a round of actor calls: the call then
+        returns n parts first (None when the step was not applied) and the dict also holds
+        ``commit``'s ``commitment`` and ``compute``.
         """
-        accusations = self.protocol.audit(step, inner, reports)
-        extra: tuple = ()
+        accusations = self.protocol.audit(step, inner, self._relayed_for(step, "reports"))
+        return self._take_step(step, accusations, apply and not accusations, check_weights, next_commit)
+
+    def _take_step(self, step: int, accusations: list, apply: bool, check_weights: bool,
+                   next_commit: tuple[list[int], bytes] | None) -> dict | tuple:
+        """:meth:`audit_apply`'s returns: apply (keeping a save point), then commit ahead."""
+        parts: tuple = () if next_commit is None else (None,) * len(next_commit[0])
+        result: dict[str, Any] = {"accusations": accusations, "apply": None}
         if next_commit is not None:
-            extra = (None,) * (len(next_commit[0]) + 2)
-        if not apply or accusations:
-            return (accusations, None, *extra)
-        self.replica.save_point()
-        self._applied = step
-        stats = self._apply(step, {}, False, check_weights)
-        if next_commit is not None:
-            extra = self.commit(step + 1, *next_commit)
-        return (accusations, stats, *extra)
+            result.update(commitment=None, compute=None)
+        if apply:
+            self.replica.save_point()
+            self._applied = step
+            result["apply"] = self._apply(step, {}, False, check_weights)
+            if next_commit is not None:
+                *parts, ahead = self.commit(step + 1, *next_commit)
+                result.update(ahead)
+        # (one return value is the value itself, not a tuple of one)
+        return result if next_commit is None else (*parts, result)
 
     # -- a peer on probation (design §5.3): commits and applies, aggregates nothing ----------
 
@@ -188,17 +214,9 @@ class Peer:
         return {"gather_wait_s": fetch["wait_s"], "gather_fetch_s": fetch["fetch_s"], "gather_bytes": fetch["bytes"]}
 
     def follow_apply(self, step: int, apply: bool, check_weights: bool,
-                     next_commit: tuple[list[int], bytes] | None = None) -> tuple:
+                     next_commit: tuple[list[int], bytes] | None = None) -> dict | tuple:
         """:meth:`audit_apply` of a peer on probation: no audit (it has no say yet), same returns."""
-        extra: tuple = (None,) * (len(next_commit[0]) + 2) if next_commit is not None else ()
-        if not apply:
-            return ([], None, *extra)
-        self.replica.save_point()
-        self._applied = step
-        stats = self._apply(step, {}, False, check_weights)
-        if next_commit is not None:
-            extra = self.commit(step + 1, *next_commit)
-        return ([], stats, *extra)
+        return self._take_step(step, [], apply, check_weights, next_commit)
 
     def rollback(self, step: int) -> None:
         """Undo this step's update, if this peer applied it (before judging and re-applying)."""

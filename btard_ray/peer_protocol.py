@@ -36,7 +36,7 @@ from attacks.base import Attack
 from btard_ray.aggregation import centered_clip
 from btard_ray.config import JobConfig
 from btard_ray.identity import Identity
-from btard_ray.messages import Message, MessageError, sign_message
+from btard_ray.messages import Message, MessageError, signed_dict
 from btard_ray.partition import join, split
 from btard_ray.protocol.commitments import new_nonce, nonce_digest, part_digest
 from btard_ray.protocol.projection import check_aggregate, peer_share, projection_vector
@@ -92,6 +92,7 @@ class StepState:
     aggregates: dict[int, torch.Tensor] = field(default_factory=dict)  # part index -> x_j
     next_seed: bytes | None = None
     z_norms: dict[int, float] = field(default_factory=dict)  # part index -> ‖z_j‖ (for the check)
+    z: dict[int, torch.Tensor] = field(default_factory=dict)  # part index -> z_j, drawn once per step
     validated: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # honest targets' sent parts
 
 
@@ -119,7 +120,7 @@ class PeerProtocol:
 
     def sign(self, step: int, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         """A signed message of ``kind``; an attacker may send something else (replays)."""
-        raw = sign_message(self.identity, self.job, step, kind, payload).to_dict()
+        raw = signed_dict(self.identity, self.job, step, kind, payload)
         return self.attack.outgoing(step, kind, raw) if self._attacking(step) else raw  # type: ignore[union-attr]
 
     def valid(self, raw: Any, peer: int, step: int, kind: str) -> Message | None:
@@ -138,7 +139,8 @@ class PeerProtocol:
             return None
         signature = raw.get("signature")
         hit = self._seen.get(signature) if isinstance(signature, str) else None
-        if hit is not None and hit[0] == raw:
+        # (the relayed dicts are kept for the step, so the same object comes back: `is` first)
+        if hit is not None and (hit[0] is raw or hit[0] == raw):
             msg = hit[1]
         else:
             msg = valid_message(raw, self.job, key, step, kind, verify=self.cfg.protocol.peer_signature_checks)
@@ -279,7 +281,7 @@ class PeerProtocol:
         assert st.next_seed is not None
         shares, distances = [], []
         for j, part in enumerate(st.parts):
-            z = projection_vector(st.next_seed, j, part.numel())
+            z = st.z[j] = projection_vector(st.next_seed, j, part.numel())
             st.z_norms[j] = float(z.double().norm())
             s, d = peer_share(part, st.aggregates[j], z, self.tau)
             shares.append(s)
@@ -348,8 +350,7 @@ class PeerProtocol:
             msg = messages.get(target)
             bad = [j for j, part in enumerate(sent)
                    if msg is not None and not share_claim_ok(msg, j, part, st.aggregates[j],
-                                                             projection_vector(st.next_seed, j, part.numel()),
-                                                             self.tau)]
+                                                             _z(st, j, part.numel()), self.tau)]
             if bad:
                 accusations.append(self.accuse(step, target, "inner_products", part=bad[0], why="shares"))
         if st.attacking:
@@ -377,6 +378,15 @@ class PeerProtocol:
         aggregates = dict(st.aggregates)
         aggregates.update(replacements)
         self.replica.apply_gradient(join([aggregates[j] for j in range(len(st.members))]))
+
+
+def _z(st: StepState, j: int, size: int) -> torch.Tensor:
+    """z_j of the step, as drawn in :meth:`PeerProtocol.project` (drawn now if it was not)."""
+    z = st.z.get(j)
+    if z is None or z.numel() != size:
+        assert st.next_seed is not None
+        z = projection_vector(st.next_seed, j, size)
+    return z
 
 
 def reported_distances(members: Sequence[int], reports: Mapping[int, Message | None]) -> list[list[float | None]]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable
+from collections import OrderedDict
+from typing import Any, Callable
 
 import torch
 
@@ -94,8 +95,12 @@ class Replica:
         self.scheduler.step()
 
     def save_point(self) -> None:
-        """Remember the weights and the optimizer and schedule state (see :meth:`restore_point`)."""
-        self._saved = copy.deepcopy(
+        """Remember the weights and the optimizer and schedule state (see :meth:`restore_point`).
+
+        Taken before every defended update, so it must be cheap: tensors are cloned and the
+        containers copied (:func:`clone_state`), instead of a generic deep copy.
+        """
+        self._saved = clone_state(
             (self.model.state_dict(), self.optimizer.state_dict(), self.scheduler.state_dict()))
 
     def restore_point(self) -> None:
@@ -103,9 +108,10 @@ class Replica:
 
         Used when a step that was applied must be re-applied differently (an aggregate the
         tribunal replaced, a forged gradient): re-applying from the same state on every peer
-        keeps the replicas identical.
+        keeps the replicas identical. The saved state is copied again, since the optimizer
+        may adopt the tensors it loads as its own buffers.
         """
-        model, optimizer, scheduler = copy.deepcopy(self._saved)
+        model, optimizer, scheduler = clone_state(self._saved)
         self.model.load_state_dict(model)
         self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict(scheduler)
@@ -159,3 +165,20 @@ class Replica:
         factor = lr_factor(self.scheduler.last_epoch, self.cfg.steps, self.cfg.optimizer)
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * factor
+
+
+def clone_state(value: Any) -> Any:
+    """A copy of a state tree that shares nothing mutable with ``value``: tensors cloned
+    (detached), dicts, lists and tuples rebuilt, anything else deep-copied (numbers and
+    strings are immutable and returned as they are)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if type(value) in (dict, OrderedDict):
+        return type(value)((k, clone_state(v)) for k, v in value.items())
+    if type(value) is list:
+        return [clone_state(v) for v in value]
+    if type(value) is tuple:
+        return tuple(clone_state(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    return copy.deepcopy(value)

@@ -75,7 +75,9 @@ class Relay:
         if raw is None:
             return None
         try:
-            msg = self.verifier.check(Message.from_dict(raw), step, kind)
+            msg = Message.from_dict(raw)
+            canonical = _encoded(msg)  # encoded once: verified, then counted
+            self.verifier.check(msg, step, kind, canonical=canonical)
         except MessageError as exc:
             self.rejected.append(f"peer {pid}: {exc}")
             return None
@@ -86,11 +88,33 @@ class Relay:
         if problem is not None:
             self.rejected.append(f"peer {pid}: malformed {kind}: {problem}")
             return None
-        self.bytes += len(msg.canonical_bytes()) + 64
+        self.bytes += len(canonical or b"") + 64
         return raw
 
     def accept_all(self, pid: int, raws: list[Any], step: int, kind: str) -> list[dict]:
         return [r for r in (self.accept(pid, raw, step, kind) for raw in raws) if r is not None]
+
+
+def _field(value: Any, key: str | int) -> Any:
+    """``value[key]`` of a peer's packed result; None when the result has no such field (a
+    peer's actor may run its owner's code: what it returns is read, never trusted)."""
+    if isinstance(key, str):
+        return value.get(key) if isinstance(value, dict) else None
+    return value[key] if isinstance(value, (tuple, list)) and len(value) > key else None
+
+
+def _listed(value: Any) -> list:
+    """A peer's list of accusations; anything else is one (malformed) message."""
+    return value if isinstance(value, list) else ([] if value is None else [value])
+
+
+def _encoded(msg: Message) -> bytes | None:
+    """The message's canonical bytes; None when it has none (the verifier then refuses it
+    as a bad signature, as it would any message it cannot encode)."""
+    try:
+        return msg.canonical_bytes()
+    except MessageError:
+        return None
 
 
 def _parsed(raw: dict | None) -> Message | None:
@@ -100,25 +124,24 @@ def _parsed(raw: dict | None) -> Message | None:
 @dataclass
 class Commits:
     """Round 1 of step ``step`` as issued to the peers: refs to their parts (owned by the
-    driver), signed commitments and stats, for the members and the peers on probation (who
-    commit like everybody else; their parts are validated, never aggregated). Step t+1's are
-    issued inside step t's last round."""
+    driver) and to one dict per peer holding its signed ``commitment`` and ``compute`` stats,
+    for the members and the peers on probation (who commit like everybody else; their parts
+    are validated, never aggregated). Step t+1's are issued inside step t's last round."""
 
     step: int
     members: list[int]
     probation: list[int]
     parts: dict[int, list[ray.ObjectRef]]
-    commitments: dict[int, ray.ObjectRef]
-    stats: dict[int, ray.ObjectRef]
+    meta: dict[int, ray.ObjectRef]
 
     @classmethod
     def from_returns(cls, step: int, members: list[int], probation: list[int],
                      returns: Mapping[int, Sequence[ray.ObjectRef]]) -> "Commits":
-        """From each peer's ``commit`` returns (n parts, commitment, stats), in that order."""
+        """From each peer's ``commit`` returns (n parts, then the dict), in that order."""
         n = len(members)
         everyone = [*members, *probation]
         return cls(step, list(members), list(probation), {p: list(returns[p][:n]) for p in everyone},
-                   {p: returns[p][n] for p in everyone}, {p: returns[p][n + 1] for p in everyone})
+                   {p: returns[p][n] for p in everyone})
 
     def matches(self, step: int, members: Sequence[int], probation: Sequence[int]) -> bool:
         return self.step == step and self.members == list(members) and self.probation == list(probation)
@@ -128,7 +151,7 @@ def issue_commits(peers: Mapping[int, ActorHandle], members: list[int], step: in
                   probation: Sequence[int] = ()) -> Commits:
     """Round 1 on its own: every member and probationer computes, splits and commits its gradient."""
     n = len(members)
-    returns = {pid: peers[pid].commit.options(num_returns=n + 2).remote(step, members, seed)
+    returns = {pid: peers[pid].commit.options(num_returns=n + 1).remote(step, members, seed)
                for pid in [*members, *probation]}
     return Commits.from_returns(step, members, list(probation), returns)
 
@@ -175,37 +198,33 @@ def run_secure_step(
         phase[name] = now - t0
         return now
 
-    def results(calls: Mapping[int, Sequence[ray.ObjectRef]], index: int) -> dict[int, Any]:
-        # (after gather() of the same calls: every result of a call is made together)
-        return dict(zip(calls, ray.get([c[index] for c in calls.values()])))
-
     # 1. compute and commit: parts stay in the object store, owned by the driver.
     t = time.perf_counter()
     if committed is None or not committed.matches(step, members, probation):
         committed = issue_commits(peers, members, step, seed, probation)
     part_refs = committed.parts
-    raw_commits, dropped = gather_surviving(committed.commitments, peers, timeout, "commit", blame_all=True)
+    commit_meta, dropped = gather_surviving(committed.meta, peers, timeout, "commit", blame_all=True)
     _members_failed(dropped, members, "commit")
     # A probationer that failed is simply not part of this step (nothing depends on it yet).
     probation = [p for p in probation if p not in dropped]
     everyone = [*members, *probation]
-    commitments = {p: relay.accept(p, raw_commits[p], step, "commitment") for p in everyone}
-    compute_stats = dict(zip(members, ray.get([committed.stats[p] for p in members])))
+    commitments = {p: relay.accept(p, _field(commit_meta[p], "commitment"), step, "commitment") for p in everyone}
+    compute_stats = {p: _field(commit_meta[p], "compute") for p in members}
     t = timed("commit", t)
 
     # 2. scatter and aggregate part j at member j; the reveals travel with the reports.
     aggregated = {}
     for j, pid in enumerate(members):
         refs = [None if src == pid else part_refs[src][j] for src in members]
-        aggregated[pid] = peers[pid].aggregate_reveal.options(num_returns=5).remote(step, refs, commitments)
+        aggregated[pid] = peers[pid].aggregate_reveal.options(num_returns=2).remote(step, refs, commitments)
     agg_refs = {pid: aggregated[pid][0] for pid in members}
-    gather({p: c[1] for p, c in aggregated.items()}, peers, timeout, "aggregate")
-    reports = {p: relay.accept(p, raw, step, "aggregate_report") for p, raw in results(aggregated, 1).items()}
-    reveals = {p: relay.accept(p, raw, step, "reveal") for p, raw in results(aggregated, 2).items()}
+    said = gather({p: c[1] for p, c in aggregated.items()}, peers, timeout, "aggregate")
+    reports = {p: relay.accept(p, _field(said[p], "report"), step, "aggregate_report") for p in members}
+    reveals = {p: relay.accept(p, _field(said[p], "reveal"), step, "reveal") for p in members}
     accusations: list[dict] = []
-    for p, raws in results(aggregated, 3).items():
-        accusations += relay.accept_all(p, raws, step, "accusation")
-    agg_stats = results(aggregated, 4)
+    for p in members:
+        accusations += relay.accept_all(p, _listed(_field(said[p], "accusations")), step, "accusation")
+    agg_stats = {p: _field(said[p], "stats") for p in members}
     # (the relay has verified both messages' signatures)
     new_seed = next_seed(seed, [reveal_nonce(reveals[p], commitments[p], job, keys[p], step, verify=False)
                                 for p in members])
@@ -219,19 +238,19 @@ def run_secure_step(
     handed: dict[int, dict[int, list]] = {pid: {} for pid in members}
     for validator, target in pairs:
         handed[validator][target] = part_refs[target]
-    projected = {pid: peers[pid].gather_project.options(num_returns=3).remote(
-        step, [None if a == pid else agg_refs[a] for a in members], reports, reveals, commitments, handed[pid],
-        probation) for pid in members}
+    projected = {pid: peers[pid].gather_project.remote(
+        step, [None if a == pid else agg_refs[a] for a in members], reports, reveals, handed[pid], probation)
+        for pid in members}
     following = {pid: peers[pid].follow_gather.remote(step, [agg_refs[a] for a in members]) for pid in probation}
-    _, failed = gather_surviving({**{p: c[0] for p, c in projected.items()}, **following}, peers, timeout, "project")
+    said, failed = gather_surviving({**projected, **following}, peers, timeout, "project")
     _members_failed(failed, members, "project")
     dropped.update(failed)
     probation = [p for p in probation if p not in failed]
     everyone = [*members, *probation]
-    inner = {p: relay.accept(p, raw, step, "inner_products") for p, raw in results(projected, 0).items()}
-    for p, raws in results(projected, 1).items():
-        accusations += relay.accept_all(p, raws, step, "accusation")
-    gather_stats = results(projected, 2)
+    inner = {p: relay.accept(p, _field(said[p], 0), step, "inner_products") for p in members}
+    for p in members:
+        accusations += relay.accept_all(p, _listed(_field(said[p], 1)), step, "accusation")
+    gather_stats = {p: _field(said[p], 2) for p in members}
     t = timed("project", t)
 
     # 4. check every aggregate; with no accusation so far, peers that find nothing apply at
@@ -239,22 +258,26 @@ def run_secure_step(
     # From here on nobody runs the step again: a peer that fails is dropped after it.
     apply_now = not accusations
     ahead = (members, new_seed) if prefetch and apply_now else None
-    returns = 2 + (n + 2 if ahead else 0)
+    # Returns: (n next parts, when ahead), then one dict (see Peer.audit_apply).
+    returns = 1 + (n if ahead else 0)
     audited = {pid: peers[pid].audit_apply.options(num_returns=returns).remote(
-        step, inner, reports, apply_now, check_weights, ahead) for pid in members}
+        step, inner, apply_now, check_weights, ahead) for pid in members}
     audited.update({pid: peers[pid].follow_apply.options(num_returns=returns).remote(
         step, apply_now, check_weights, ahead) for pid in probation})
-    answered, failed = gather_surviving({p: c[0] for p, c in audited.items()}, peers, timeout, "audit",
+    for p in audited:
+        if returns == 1:  # one return comes back as a bare ref, not a list of one
+            audited[p] = [audited[p]]
+    answered, failed = gather_surviving({p: c[-1] for p, c in audited.items()}, peers, timeout, "audit",
                                         blame_all=True)
     dropped.update(failed)
     alive = [p for p in everyone if p not in dropped]
     for p in members:
         if p in answered:
-            accusations += relay.accept_all(p, answered[p], step, "accusation")
-    apply_stats = dict(zip(alive, ray.get([audited[p][1] for p in alive])))
+            accusations += relay.accept_all(p, _listed(_field(answered[p], "accusations")), step, "accusation")
+    apply_stats = {p: _field(answered[p], "apply") for p in alive}
     next_commits = None
     if ahead and not accusations and not dropped and all(stats is not None for stats in apply_stats.values()):
-        next_commits = Commits.from_returns(step + 1, members, probation, {p: audited[p][2:] for p in everyone})
+        next_commits = Commits.from_returns(step + 1, members, probation, {p: audited[p] for p in everyone})
     t = timed("audit", t)
 
     # 5. judge (only when somebody accused somebody), then (re-)apply from w_t everywhere.

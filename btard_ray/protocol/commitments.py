@@ -62,8 +62,17 @@ def _check_index(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 
+#: dtypes whose tensors numpy can view without a copy (bfloat16 cannot be viewed).
+_NUMPY_DTYPES = frozenset({torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32,
+                           torch.int64, torch.uint8, torch.bool})
+
+
 def _tensor_bytes(part: torch.Tensor) -> memoryview:
     """The elements of ``part`` in row-major order, little-endian, as one byte buffer."""
+    if sys.byteorder == "little" and part.device.type == "cpu" and part.is_contiguous() \
+            and part.dtype in _NUMPY_DTYPES:
+        # The common case (a float32 part on the CPU): hash the tensor's own memory.
+        return memoryview(part.detach().numpy()).cast("B")
     flat = part.detach().to("cpu").contiguous().reshape(-1)
     raw = flat.view(torch.uint8)  # reinterpret, no copy; works for every dtype incl. bfloat16
     size = flat.element_size()
