@@ -11,6 +11,8 @@ validator).
 
     python benchmarks/step_breakdown.py                 # quickstart + ResNet-18, 6 peers
     python benchmarks/step_breakdown.py --only quickstart/plain --only quickstart/btard --repeat 3
+    python benchmarks/step_breakdown.py --only quickstart/plain --only quickstart/btard \
+        --only quickstart/btard-m0 --repeat 6   # the recorded quickstart rows
 
 ResNet-18 needs a CIFAR-10 directory; none can be downloaded here, so unless --cifar points
 to one, a CIFAR-format directory of random pixels is written to a temp dir. That is fine for
@@ -61,6 +63,9 @@ RESNET = ["peers=6", "steps=6", "eval_every=6", "model.name=resnet18", "data.nam
 SETTINGS = {
     "quickstart/plain": QUICK + PLAIN,
     "quickstart/btard": QUICK,
+    # The full protocol without re-computation (m = 0, no suspect audits): how much of the
+    # cost is the validator's extra gradient, which sits on the critical path of its round.
+    "quickstart/btard-m0": QUICK + ["protocol.validators=0", "protocol.suspect_audits=0"],
     "resnet18/plain": RESNET + PLAIN,
     "resnet18/btard": RESNET,
 }
@@ -171,7 +176,7 @@ def main() -> None:
     rows = [{**_median_row(samples[name]), "command": command} for name in names]
     for row in rows:
         plain = samples.get(row["setting"].split("/")[0] + "/plain")
-        if row["setting"].endswith("/btard") and plain and len(plain) == len(samples[row["setting"]]) > 1:
+        if not row["setting"].endswith("/plain") and plain and len(plain) == len(samples[row["setting"]]) > 1:
             row["pair_ratios"] = [b["step_s"] / p["step_s"] for b, p in zip(samples[row["setting"]], plain)]
     # Settings not run this time keep their last recorded row.
     recorded = args.out / "step_breakdown.json"

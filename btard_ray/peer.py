@@ -25,6 +25,7 @@ import torch
 from attacks.registry import make_attack
 from btard_ray.aggregation import make_aggregator
 from btard_ray.config import JobConfig
+from btard_ray.heap import freeze_long_lived
 from btard_ray.identity import Identity
 from btard_ray.partition import join, split
 from btard_ray.replica import Replica
@@ -79,6 +80,8 @@ class Peer:
         self._applied: int | None = None  # the step applied in audit_apply (rollback target)
         # Messages the driver relayed earlier in the step in progress, so it sends each once.
         self._relayed: dict[str, Any] = {}
+        # Everything made so far lives as long as the actor: keep the collector off it.
+        freeze_long_lived()
 
     def ping(self) -> bool:
         """Liveness probe of the driver (:mod:`btard_ray.failures`)."""

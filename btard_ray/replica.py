@@ -53,6 +53,7 @@ class Replica:
         self.num_params = sum(p.numel() for p in self.params)
         self.optimizer = build_optimizer(self.params, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.optimizer, cfg.steps)
+        self._saved: tuple | None = None  # see save_point
 
     def gradient_for(self, peer_id: int, step: int, transform: Callable[[Batch], Batch] | None = None
                      ) -> tuple[torch.Tensor, float]:
@@ -97,24 +98,51 @@ class Replica:
     def save_point(self) -> None:
         """Remember the weights and the optimizer and schedule state (see :meth:`restore_point`).
 
-        Taken before every defended update, so it must be cheap: tensors are cloned and the
-        containers copied (:func:`clone_state`), instead of a generic deep copy.
+        Taken before every defended update, so it must be cheap. The model's parameters and
+        buffers are copied into tensors kept from the previous save point (no allocation once
+        warm), the optimizer's per-parameter state (momentum buffers, Adam moments) is cloned
+        entry by entry, and the hyper-parameters and the schedule are copied as plain values.
+        That skips building and cloning three ``state_dict()`` trees: 0.2-0.25 ms per save
+        point of the quickstart model against 0.9-1.2 ms (``benchmarks/peer_step_cost.py``).
         """
-        self._saved = clone_state(
-            (self.model.state_dict(), self.optimizer.state_dict(), self.scheduler.state_dict()))
+        live = self._live_tensors()
+        kept = self._saved[0] if self._saved is not None else []
+        if len(kept) != len(live) or any(k.shape != t.shape or k.dtype != t.dtype or k.device != t.device
+                                         for k, t in zip(kept, live)):
+            kept = [t.detach().clone() for t in live]
+        else:
+            with torch.no_grad():
+                for k, t in zip(kept, live):
+                    k.copy_(t)
+        optimizer_state = {p: clone_state(dict(state)) for p, state in self.optimizer.state.items()}
+        groups = [{k: clone_state(v) for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self._saved = (kept, optimizer_state, groups, clone_state(self.scheduler.state_dict()))
 
     def restore_point(self) -> None:
         """Go back, bit for bit, to the state of the last :meth:`save_point`.
 
         Used when a step that was applied must be re-applied differently (an aggregate the
         tribunal replaced, a forged gradient): re-applying from the same state on every peer
-        keeps the replicas identical. The saved state is copied again, since the optimizer
-        may adopt the tensors it loads as its own buffers.
+        keeps the replicas identical. Weights are copied back in place (the optimizer keeps
+        its parameter objects); the saved optimizer state is cloned again, since the
+        optimizer updates its buffers in place.
         """
-        model, optimizer, scheduler = clone_state(self._saved)
-        self.model.load_state_dict(model)
-        self.optimizer.load_state_dict(optimizer)
-        self.scheduler.load_state_dict(scheduler)
+        if self._saved is None:
+            raise RuntimeError("restore_point: no save point was taken")
+        kept, optimizer_state, groups, scheduler = self._saved
+        with torch.no_grad():
+            for t, k in zip(self._live_tensors(), kept):
+                t.copy_(k)
+        self.optimizer.state.clear()
+        for p, state in optimizer_state.items():
+            self.optimizer.state[p] = clone_state(state)
+        for group, saved in zip(self.optimizer.param_groups, groups):
+            group.update(clone_state(saved))
+        self.scheduler.load_state_dict(clone_state(scheduler))
+
+    def _live_tensors(self) -> list[torch.Tensor]:
+        """Every parameter and buffer of the model, in a fixed order (what a save point copies)."""
+        return [*self.model.parameters(), *self.model.buffers()]
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

@@ -38,6 +38,7 @@ from btard_ray.checkpoint import Checkpoint, ResumeError, StepRecord
 from btard_ray.config import ConfigError, JobConfig, load_config, validate_config
 from btard_ray.elastic import ElasticJob
 from btard_ray.failures import PeerFailure, diverged
+from btard_ray.heap import long_lived_frozen
 from btard_ray.membership import DROPPED, Membership
 from btard_ray.identity import Identity
 from btard_ray.peer import Peer
@@ -394,7 +395,7 @@ def _train(cfg: JobConfig, run_dir: RunDir, show_progress: bool, console: Consol
             console.print(f"job [cyan]{cfg.name}[/] is joinable; from another terminal on this machine or cluster:\n"
                           f"  btard join --job {cfg.name} --address {address}", highlight=False, soft_wrap=True)
         with TrainingProgress(cfg.steps, cfg.name, enabled=show_progress, console=console,
-                              completed=first) as progress:
+                              completed=first) as progress, long_lived_frozen():
             end = cfg.steps  # the job's last step + 1: cfg.steps, or earlier when the owner asks (btard finish)
             t = first
             collapse: dict[str, Any] | None = None  # {step, reason} once the weights diverged

@@ -203,25 +203,35 @@ def test_message_checks_envelope_always_signature_on_request(peer_checks):
     assert (got is None) if peer_checks else (got is not None and got.payload["parts"] == ["cc"])
 
 
-def test_rollback_restores_weights_and_optimizer_bit_for_bit():
-    (peer,) = _peers(1)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_rollback_restores_weights_and_optimizer_bit_for_bit(optimizer):
+    (peer,) = _peers(1, overrides=(f"optimizer.name={optimizer}",))
     replica = peer.replica
     flat, _ = replica.gradient_for(0, 0)
     replica.apply_gradient(flat)  # momentum buffers exist from here on
+    replica.save_point()  # a first save point, so that the next one reuses its tensors
+    replica.apply_gradient(flat * 2)
     before = (replica.weight_hash(), replica.current_lr())
     replica.save_point()
     replica.apply_gradient(flat * 3)
     assert replica.weight_hash() != before[0]
     replica.restore_point()
     assert (replica.weight_hash(), replica.current_lr()) == before
-    # Re-applying from the restored state is the same as applying once from it.
-    twin = _peers(1)[0].replica
-    twin.apply_gradient(flat)
-    twin.apply_gradient(flat)
+    # Re-applying from the restored state is the same as applying once from it, and a
+    # second roll-back to the same point works as well (the saved state was not adopted).
+    twin = _peers(1, overrides=(f"optimizer.name={optimizer}",))[0].replica
+    for scale in (1, 2, 1):
+        twin.apply_gradient(flat * scale)
+    replica.apply_gradient(flat * 5)
+    replica.restore_point()
     replica.apply_gradient(flat)
     assert replica.weight_hash() == twin.weight_hash()
-    assert torch.equal(replica.optimizer.state_dict()["state"][0]["momentum_buffer"],
-                       twin.optimizer.state_dict()["state"][0]["momentum_buffer"])
+    assert replica.scheduler.state_dict() == twin.scheduler.state_dict()
+    ours, theirs = replica.optimizer.state_dict(), twin.optimizer.state_dict()
+    assert ours["param_groups"] == theirs["param_groups"]
+    for index, state in theirs["state"].items():
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(ours["state"][index][key]), torch.as_tensor(value)), (index, key)
 
 
 def test_a_validated_peer_whose_shares_lie_is_accused_and_found_guilty():

@@ -192,6 +192,12 @@ def test_peer_share_formula():
     assert peer_share(agg, agg, z, tau=1.0) == (0.0, 0.0)
     assert peer_share(torch.tensor([1.0, math.nan, 0.0]), agg, z, 1.0) == (0.0, math.inf)
     assert peer_share(part, torch.tensor([math.inf, 0.0, 0.0]), z, 1.0) == (0.0, math.inf)
+    # The same infinity on both sides (inf - inf is NaN) and a finite float64 difference
+    # whose square overflows are just as far from everything.
+    both = torch.tensor([math.inf, 0.0, 0.0])
+    assert peer_share(both, both, z, 1.0) == (0.0, math.inf)
+    huge = torch.tensor([1e200, 0.0, 0.0], dtype=torch.float64)
+    assert peer_share(huge, agg, z, 1.0) == (0.0, math.inf)
     with pytest.raises(ValueError):
         peer_share(part, agg, z[:2], 1.0)
     with pytest.raises(ValueError):

@@ -98,12 +98,13 @@ def peer_share(part: torch.Tensor, aggregate: torch.Tensor, z: torch.Tensor, tau
         )
     p = part.detach().reshape(-1).to(torch.float64)
     x = aggregate.detach().reshape(-1).to(device=p.device, dtype=torch.float64)
-    if not bool(torch.isfinite(p).all()) or not bool(torch.isfinite(x).all()):
-        return 0.0, math.inf
+    # A NaN or Inf in either input makes ⟨d, d⟩ NaN or +inf, as does a finite d whose square
+    # overflows: one test on the dot product covers all three (no separate isfinite pass).
     d = p - x
-    dist = math.sqrt(float(torch.dot(d, d)))
-    if not math.isfinite(dist):
+    squared = float(torch.dot(d, d))
+    if not math.isfinite(squared):
         return 0.0, math.inf
+    dist = math.sqrt(squared)
     c = tau / dist if dist > tau else 1.0  # same branch as CenteredClip: c = 1 at dist ≤ τ (and at 0)
     zd = float(torch.dot(z.detach().reshape(-1).to(device=p.device, dtype=torch.float64), d))
     return c * zd, dist
