@@ -3,8 +3,9 @@
 A peer process holds torch, Ray, the data set and the model: a few hundred thousand Python
 objects that live as long as the process. Every defended step makes many small containers
 (each signed message is a few dicts and lists), some of which live for the step or longer
-(the relayed messages, a peer's message cache), and those survivors make CPython's cyclic
-collector run full collections that walk every long-lived object again, step after step.
+(the relayed messages, a peer's message cache). CPython's cyclic collector is driven by
+such allocations, and its older-generation passes walk the long-lived objects again and
+again (the measured effect is below; which passes cost most was not broken down).
 :func:`gc.freeze` moves every object alive at the time into a permanent generation that the
 collector skips; objects made later are collected as usual.
 
