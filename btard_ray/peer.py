@@ -78,6 +78,7 @@ class Peer:
         self.protocol = PeerProtocol(cfg, peer_id, self.identity, self.replica, attack)
         self._sent: tuple[int, list[torch.Tensor]] | None = None
         self._applied: int | None = None  # the step applied in audit_apply (rollback target)
+        self._validation: tuple[int, list, dict] | None = None  # (step, accusations, stats) of validate
         # Messages the driver relayed earlier in the step in progress, so it sends each once.
         self._relayed: dict[str, Any] = {}
         # Everything made so far lives as long as the actor: keep the collector off it.
@@ -146,15 +147,12 @@ class Peer:
             raise RuntimeError(f"peer {self.peer_id}: no relayed {what} for step {step}")
         return self._relayed[what]
 
-    def gather_project(self, step: int, refs: list[Optional[ray.ObjectRef]], reports: dict, reveals: dict,
-                       part_refs: dict[int, list[ray.ObjectRef]], probation: list[int] = []) -> tuple:
-        """Gather and check the aggregates, open r_{t+1}, sign the inner products, validate.
+    def gather_project(self, step: int, refs: list[Optional[ray.ObjectRef]], reports: dict, reveals: dict) -> tuple:
+        """Gather and check the aggregates, open r_{t+1}, sign the inner products.
 
-        Returns (inner products, accusations, stats) as one object. ``part_refs`` holds the
-        sent parts of this peer's validation targets (the driver derives the same targets;
-        it hands over only those, since every object ref in the arguments costs a borrower
-        registration). The commitments are those relayed in round 2; the ``reports`` are
-        kept for :meth:`audit_apply`.
+        Returns (inner products, accusations, stats) as one object. The commitments are
+        those relayed in round 2; the ``reports`` are kept for :meth:`validate` and
+        :meth:`audit_apply`.
         """
         commitments = self._relayed_for(step, "commitments")
         self._relayed["reports"] = reports
@@ -164,38 +162,60 @@ class Peer:
         accusations = self.protocol.check_aggregates(step, dict(zip(st.members, rows)), reports)
         accusations += self.protocol.open_seed(step, reveals, commitments)
         inner = self.protocol.project(step)
+        return inner, accusations, {"gather_wait_s": fetch["wait_s"], "gather_fetch_s": fetch["fetch_s"],
+                                    "gather_bytes": fetch["bytes"]}
+
+    def validate(self, step: int, part_refs: dict[int, list[ray.ObjectRef]], probation: list[int] = []) -> None:
+        """As a validator of ``step``: re-compute the targets' gradients at w_t and compare.
+
+        Called right after :meth:`gather_project`, and the driver does not wait for it: the
+        actor runs it before its :meth:`audit_apply` (an actor runs one caller's calls in
+        order), which reports the accusations, so the re-computation is off the round's
+        critical path. ``part_refs`` holds the sent parts of this peer's targets (the driver
+        derives the same targets); they are fetched only when needed
+        (:meth:`PeerProtocol.validate`).
+        """
+        self._validation = None
         t0 = time.perf_counter()
-        targets = self.protocol.validation_targets(step, reports, probation)
+        commitments = self._relayed_for(step, "commitments")
+        targets = self.protocol.validation_targets(step, self._relayed_for(step, "reports"), probation)
         missing = set(targets) - set(part_refs)
         if missing:
             raise RuntimeError(f"peer {self.peer_id}: no parts handed over for validation targets {sorted(missing)}")
-        fetched = {t: ray.get(part_refs[t]) for t in targets}
-        accusations += self.protocol.validate(step, fetched, commitments)
-        return inner, accusations, {"gather_wait_s": fetch["wait_s"], "gather_fetch_s": fetch["fetch_s"],
-                                    "gather_bytes": fetch["bytes"], "validate_s": time.perf_counter() - t0,
-                                    "validated": len(targets)}
+        lazy = {t: (lambda refs=part_refs[t]: ray.get(refs)) for t in targets}
+        accusations = self.protocol.validate(step, lazy, commitments)
+        self._validation = (step, accusations, {"validate_s": time.perf_counter() - t0, "validated": len(targets)})
+
+    def _validation_of(self, step: int) -> tuple[list, dict]:
+        if self._validation is None or self._validation[0] != step:
+            raise RuntimeError(f"peer {self.peer_id}: asked to report a validation of step {step} it did not run")
+        return self._validation[1], self._validation[2]
 
     def audit_apply(self, step: int, inner: dict, apply: bool, check_weights: bool,
-                    next_commit: tuple[list[int], bytes] | None = None) -> dict | tuple:
+                    next_commit: tuple[list[int], bytes] | None = None, validated: bool = False) -> dict | tuple:
         """Check every aggregate (against the reports relayed in round 3); when ``apply`` and
         this peer found nothing, also take the step.
 
         Returns ``{"accusations", "apply": stats or None when the step was not applied}``. The
         state before the update is kept, so a step the tribunal must redo can be rolled back.
+        ``validated``: this peer ran :meth:`validate` for ``step``; its accusations are among
+        these (a validator that accuses does not apply) and the dict holds ``validation`` stats.
 
         ``next_commit = (members, r_{t+1})`` also runs step t+1's :meth:`commit` on the new
         weights in this same call, saving the step a round of actor calls: the call then
         returns n parts first (None when the step was not applied) and the dict also holds
         ``commit``'s ``commitment`` and ``compute``.
         """
-        accusations = self.protocol.audit(step, inner, self._relayed_for(step, "reports"))
-        return self._take_step(step, accusations, apply and not accusations, check_weights, next_commit)
+        found, stats = self._validation_of(step) if validated else ([], None)
+        accusations = found + self.protocol.audit(step, inner, self._relayed_for(step, "reports"))
+        return self._take_step(step, accusations, apply and not accusations, check_weights, next_commit,
+                               {"validation": stats} if validated else {})
 
     def _take_step(self, step: int, accusations: list, apply: bool, check_weights: bool,
-                   next_commit: tuple[list[int], bytes] | None) -> dict | tuple:
+                   next_commit: tuple[list[int], bytes] | None, extra: dict | None = None) -> dict | tuple:
         """:meth:`audit_apply`'s returns: apply (keeping a save point), then commit ahead."""
         parts: tuple = () if next_commit is None else (None,) * len(next_commit[0])
-        result: dict[str, Any] = {"accusations": accusations, "apply": None}
+        result: dict[str, Any] = {"accusations": accusations, "apply": None, **(extra or {})}
         if next_commit is not None:
             result.update(commitment=None, compute=None)
         if apply:

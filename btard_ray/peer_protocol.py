@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -304,17 +304,31 @@ class PeerProtocol:
                             self.cfg.protocol.suspect_audits, reported_distances(st.members, parsed), probation)
         return sorted({target for validator, target in pairs if validator == self.me})
 
-    def validate(self, step: int, target_parts: Mapping[int, Sequence[torch.Tensor]],
+    def validate(self, step: int, target_parts: Mapping[int, Sequence[torch.Tensor] | Callable[[], Sequence[torch.Tensor]]],
                  commitments: Mapping[int, Any]) -> list[dict]:
-        """Re-compute each target's gradient at w_t and compare with what it sent."""
+        """Re-compute each target's gradient at w_t and compare with what it sent.
+
+        ``target_parts`` maps a target to its sent parts, or to a function that fetches them:
+        for a member whose re-computed parts hash to exactly the digests it committed to,
+        they are never fetched. That is not a weaker check: equal digests mean the committed
+        gradient *is* the re-computed one (the tolerance comparison could only pass), and
+        every part a member sends is checked against its commitment by that part's
+        aggregator. A probationer's parts reach no aggregator, so they are always fetched
+        and checked here (:func:`gradient_problem`).
+        """
         st = self._state(step)
         accusations = []
         for target, sent in target_parts.items():
-            problem = gradient_problem(self, step, target, sent, commitments.get(target))
+            recomputed = recompute_parts(self, step, target)
+            if target in st.members and matches_commitment(self, step, target, recomputed, commitments.get(target)):
+                st.validated[target] = recomputed  # bitwise the committed parts
+                continue
+            sent = list(sent() if callable(sent) else sent)
+            problem = gradient_problem(self, step, target, sent, commitments.get(target), recomputed)
             if problem is not None:
                 accusations.append(self.accuse(step, target, problem[0], why=problem[1]))
             elif target in st.members:  # its inner products are checked against these parts in the audit
-                st.validated[target] = list(sent)
+                st.validated[target] = sent
         return accusations
 
     # -- 4. audit -------------------------------------------------------------------------------
@@ -514,16 +528,28 @@ class _Failed:
     ok: bool = False
 
 
-def gradient_problem(proto: PeerProtocol, step: int, target: int, sent: Sequence[torch.Tensor],
-                     raw_commitment: Any) -> tuple[str, str] | None:
-    """Re-compute ``target``'s gradient at the current weights (w_t) and compare with what it
-    sent; returns (case, why) for a mismatch, None when the target was honest."""
-    st = proto._state(step)
-    commit = proto.valid(raw_commitment, target, step, "commitment")
-    digests = [part_digest(proto.job, step, str(target), j, p) for j, p in enumerate(sent)]
-    if commit is None or commit.payload.get("parts") != digests:
-        return "bad_commitment", "sent parts do not match the commitment"
+def recompute_parts(proto: PeerProtocol, step: int, target: int) -> list[torch.Tensor]:
+    """``target``'s gradient for ``step`` re-computed at the current weights (w_t), in parts."""
     recomputed, _ = proto.replica.gradient_for(target, step)
-    comparison = compare_gradients(split(recomputed.cpu(), len(st.members)), list(sent),
-                                   rtol=proto.cfg.protocol.validation_rtol)
+    return [p.clone() for p in split(recomputed.cpu(), len(proto._state(step).members))]
+
+
+def matches_commitment(proto: PeerProtocol, step: int, target: int, parts: Sequence[torch.Tensor],
+                       raw_commitment: Any) -> bool:
+    """Whether ``parts`` hash to exactly the digests of ``target``'s valid commitment."""
+    commit = proto.valid(raw_commitment, target, step, "commitment")
+    digests = [part_digest(proto.job, step, str(target), j, p) for j, p in enumerate(parts)]
+    return commit is not None and commit.payload.get("parts") == digests
+
+
+def gradient_problem(proto: PeerProtocol, step: int, target: int, sent: Sequence[torch.Tensor],
+                     raw_commitment: Any, recomputed: Sequence[torch.Tensor] | None = None) -> tuple[str, str] | None:
+    """Re-compute ``target``'s gradient at the current weights (w_t) and compare with what it
+    sent; returns (case, why) for a mismatch, None when the target was honest.
+    ``recomputed``: the re-computed parts, when the caller has them already."""
+    if not matches_commitment(proto, step, target, sent, raw_commitment):
+        return "bad_commitment", "sent parts do not match the commitment"
+    if recomputed is None:
+        recomputed = recompute_parts(proto, step, target)
+    comparison = compare_gradients(list(recomputed), list(sent), rtol=proto.cfg.protocol.validation_rtol)
     return None if comparison.ok else ("wrong_gradient", comparison.reason)

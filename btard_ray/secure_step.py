@@ -10,15 +10,18 @@ evidence for the tribunal.
 Phases, each a round of actor calls (the step's sync points are the messages every peer
 needs before the next phase):
 
-    commit -> aggregate + reveal -> gather + project + validate -> audit + apply (+ next commit)
+    commit -> aggregate + reveal -> gather + project [+ validate] -> audit + apply (+ next commit)
            [-> rollback -> tribunal -> apply, only when somebody accused somebody]
 
 Three rounds per step in the common case: the last round also computes and commits the next
-step's gradient on the new weights (the driver then only collects it). The reveals travel with the aggregate reports (the relay
-hands out neither before all are in, so no aggregator knows r_{t+1} when its aggregate is
-fixed); the validators re-compute in the round that opens r_{t+1}; and the projection check
-is a deterministic function of relayed messages, so every honest peer reaches the same
-finding and may apply the step in the same call. When anybody accuses, the peers that
+step's gradient on the new weights (the driver then only collects it). The reveals travel
+with the aggregate reports (the relay hands out neither before all are in, so no aggregator
+knows r_{t+1} when its aggregate is fixed). The validators re-compute once r_{t+1} is open,
+in a call the driver does not wait for: the validator's actor runs it before its audit, and
+reports its accusations with the audit, so the re-computation overlaps the driver's work
+between rounds instead of holding up round 3. The projection check is a deterministic
+function of relayed messages, so every honest peer reaches the same finding and may apply
+the step in the same call. When anybody accuses (a validator included), the peers that
 applied roll back to w_t, the tribunal judges at w_t, and everybody applies the judged
 update (with replaced aggregates, or none when a forged gradient was found).
 """
@@ -230,17 +233,21 @@ def run_secure_step(
                                 for p in members])
     t = timed("aggregate", t)
 
-    # 3. gather the aggregates, open r_{t+1}, sign the inner products, validate (each
+    # 3. gather the aggregates, open r_{t+1}, sign the inner products; then validate (each
     # validator gets the parts of its targets, derived here exactly as the peers derive them).
-    # Probationers only fetch the aggregates, to apply the step with everybody.
+    # The round waits for the inner products only: a validator re-computes while the driver
+    # checks them and issues round 4, and reports what it found with its audit (its actor
+    # runs ``validate`` before ``audit_apply``). Probationers only fetch the aggregates, to
+    # apply the step with everybody.
+    projected = {pid: peers[pid].gather_project.remote(
+        step, [None if a == pid else agg_refs[a] for a in members], reports, reveals) for pid in members}
     pairs = audit_pairs(new_seed, members, cfg.aggregator.tau, cfg.protocol.validators, cfg.protocol.suspect_audits,
                         reported_distances(members, {p: _parsed(r) for p, r in reports.items()}), probation)
-    handed: dict[int, dict[int, list]] = {pid: {} for pid in members}
+    handed: dict[int, dict[int, list]] = {}
     for validator, target in pairs:
-        handed[validator][target] = part_refs[target]
-    projected = {pid: peers[pid].gather_project.remote(
-        step, [None if a == pid else agg_refs[a] for a in members], reports, reveals, handed[pid], probation)
-        for pid in members}
+        handed.setdefault(validator, {})[target] = part_refs[target]
+    for validator, targets in handed.items():
+        peers[validator].validate.remote(step, targets, probation)  # (no result: see audit_apply)
     following = {pid: peers[pid].follow_gather.remote(step, [agg_refs[a] for a in members]) for pid in probation}
     said, failed = gather_surviving({**projected, **following}, peers, timeout, "project")
     _members_failed(failed, members, "project")
@@ -261,7 +268,7 @@ def run_secure_step(
     # Returns: (n next parts, when ahead), then one dict (see Peer.audit_apply).
     returns = 1 + (n if ahead else 0)
     audited = {pid: peers[pid].audit_apply.options(num_returns=returns).remote(
-        step, inner, apply_now, check_weights, ahead) for pid in members}
+        step, inner, apply_now, check_weights, ahead, pid in handed) for pid in members}
     audited.update({pid: peers[pid].follow_apply.options(num_returns=returns).remote(
         step, apply_now, check_weights, ahead) for pid in probation})
     for p in audited:

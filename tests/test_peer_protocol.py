@@ -252,3 +252,59 @@ def test_a_validated_peer_whose_shares_lie_is_accused_and_found_guilty():
     assert guilty == {2: "false_inner_product"}
     honest, _ = judge_case(peers[0], 0, {"case": "inner_products", "accused": 3}, ctx, {"sent": said["parts"][3]})
     assert honest == {}
+
+
+def _validation_round(peers: list[PeerProtocol], step: int, seed: bytes) -> dict:
+    """Phases 1-3 of a step (no validation), for tests that validate by hand."""
+    members = [p.me for p in peers]
+    committed = {p.me: p.commit(step, members, seed) for p in peers}
+    commitments = {pid: c[1] for pid, c in committed.items()}
+    aggregates, reports, reveals = {}, {}, {}
+    for j, p in enumerate(peers):
+        x, reports[p.me], _ = p.aggregate(step, {pid: committed[pid][0][j] for pid in members}, commitments)
+        aggregates[p.me], reveals[p.me] = x, p.reveal(step)
+    for p in peers:
+        p.check_aggregates(step, aggregates, reports)
+        p.open_seed(step, reveals, commitments)
+    return {"parts": {pid: c[0] for pid, c in committed.items()}, "commitments": commitments}
+
+
+def test_a_validator_fetches_the_sent_parts_only_when_the_recomputation_differs_from_the_commitment():
+    """An honest member's re-computed parts hash to its committed digests: its sent parts are
+    never fetched, and they are what the audit checks its inner products against. A forged
+    gradient does not: its parts are fetched and compared (and it is accused)."""
+    peers = _peers(attackers={3: "sign_flip"})
+    said = _validation_round(peers, 0, initial_seed("pp", 0))
+    fetched = []
+
+    def lazy(target):
+        def fetch():
+            fetched.append(target)
+            return said["parts"][target]
+        return fetch
+
+    validator = peers[0]
+    accusations = validator.validate(0, {1: lazy(1), 3: lazy(3)}, said["commitments"])
+    assert fetched == [3]
+    cases = [(m.payload["accused_peer"], m.payload["case"]) for m in map(Message.from_dict, accusations)]
+    assert cases == [(3, "wrong_gradient")]
+    # The honest target's recorded parts are bitwise the ones it sent.
+    assert set(validator.state.validated) == {1}
+    assert all(torch.equal(a, b) for a, b in zip(validator.state.validated[1], said["parts"][1]))
+
+
+def test_a_validator_checks_a_probationers_sent_parts_against_its_commitment():
+    """``bad_commitment`` commits to its honest gradient and sends other parts. A member's sent
+    parts are each checked by their aggregator, so its validator may skip them; a
+    probationer's reach no aggregator, so its validator fetches them and accuses."""
+    peers = _peers(n=7, attackers={2: "bad_commitment", 6: "bad_commitment"})
+    members, newcomer = peers[:6], peers[6]
+    said = _validation_round(members, 0, initial_seed("pp", 0))
+    parts, commitment, _ = newcomer.commit(0, [p.me for p in members], initial_seed("pp", 0))
+    commitments = {**said["commitments"], 6: commitment}
+    validator = peers[0]
+    member_case = validator.validate(0, {2: said["parts"][2]}, commitments)
+    assert member_case == []  # (its aggregators accused it: see test_attack_library's equivocate)
+    accusations = validator.validate(0, {6: parts}, commitments)
+    assert [(m.payload["accused_peer"], m.payload["case"]) for m in map(Message.from_dict, accusations)] == [
+        (6, "bad_commitment")]
