@@ -78,7 +78,7 @@ class Peer:
         self.protocol = PeerProtocol(cfg, peer_id, self.identity, self.replica, attack)
         self._sent: tuple[int, list[torch.Tensor]] | None = None
         self._applied: int | None = None  # the step applied in audit_apply (rollback target)
-        self._validation: tuple[int, list, dict] | None = None  # (step, accusations, stats) of validate
+        self._validation: tuple[int, list] | None = None  # (step, accusations) of validate
         # Messages the driver relayed earlier in the step in progress, so it sends each once.
         self._relayed: dict[str, Any] = {}
         # Everything made so far lives as long as the actor: keep the collector off it.
@@ -176,7 +176,6 @@ class Peer:
         (:meth:`PeerProtocol.validate`).
         """
         self._validation = None
-        t0 = time.perf_counter()
         commitments = self._relayed_for(step, "commitments")
         targets = self.protocol.validation_targets(step, self._relayed_for(step, "reports"), probation)
         missing = set(targets) - set(part_refs)
@@ -184,12 +183,12 @@ class Peer:
             raise RuntimeError(f"peer {self.peer_id}: no parts handed over for validation targets {sorted(missing)}")
         lazy = {t: (lambda refs=part_refs[t]: ray.get(refs)) for t in targets}
         accusations = self.protocol.validate(step, lazy, commitments)
-        self._validation = (step, accusations, {"validate_s": time.perf_counter() - t0, "validated": len(targets)})
+        self._validation = (step, accusations)
 
-    def _validation_of(self, step: int) -> tuple[list, dict]:
+    def _validation_of(self, step: int) -> list:
         if self._validation is None or self._validation[0] != step:
             raise RuntimeError(f"peer {self.peer_id}: asked to report a validation of step {step} it did not run")
-        return self._validation[1], self._validation[2]
+        return self._validation[1]
 
     def audit_apply(self, step: int, inner: dict, apply: bool, check_weights: bool,
                     next_commit: tuple[list[int], bytes] | None = None, validated: bool = False) -> dict | tuple:
@@ -199,23 +198,22 @@ class Peer:
         Returns ``{"accusations", "apply": stats or None when the step was not applied}``. The
         state before the update is kept, so a step the tribunal must redo can be rolled back.
         ``validated``: this peer ran :meth:`validate` for ``step``; its accusations are among
-        these (a validator that accuses does not apply) and the dict holds ``validation`` stats.
+        these (a validator that accuses does not apply).
 
         ``next_commit = (members, r_{t+1})`` also runs step t+1's :meth:`commit` on the new
         weights in this same call, saving the step a round of actor calls: the call then
         returns n parts first (None when the step was not applied) and the dict also holds
         ``commit``'s ``commitment`` and ``compute``.
         """
-        found, stats = self._validation_of(step) if validated else ([], None)
+        found = self._validation_of(step) if validated else []
         accusations = found + self.protocol.audit(step, inner, self._relayed_for(step, "reports"))
-        return self._take_step(step, accusations, apply and not accusations, check_weights, next_commit,
-                               {"validation": stats} if validated else {})
+        return self._take_step(step, accusations, apply and not accusations, check_weights, next_commit)
 
     def _take_step(self, step: int, accusations: list, apply: bool, check_weights: bool,
-                   next_commit: tuple[list[int], bytes] | None, extra: dict | None = None) -> dict | tuple:
+                   next_commit: tuple[list[int], bytes] | None) -> dict | tuple:
         """:meth:`audit_apply`'s returns: apply (keeping a save point), then commit ahead."""
         parts: tuple = () if next_commit is None else (None,) * len(next_commit[0])
-        result: dict[str, Any] = {"accusations": accusations, "apply": None, **(extra or {})}
+        result: dict[str, Any] = {"accusations": accusations, "apply": None}
         if next_commit is not None:
             result.update(commitment=None, compute=None)
         if apply:

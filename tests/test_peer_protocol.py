@@ -259,14 +259,16 @@ def _validation_round(peers: list[PeerProtocol], step: int, seed: bytes) -> dict
     members = [p.me for p in peers]
     committed = {p.me: p.commit(step, members, seed) for p in peers}
     commitments = {pid: c[1] for pid, c in committed.items()}
-    aggregates, reports, reveals = {}, {}, {}
+    aggregates, reports, reveals, accusations = {}, {}, {}, []
     for j, p in enumerate(peers):
-        x, reports[p.me], _ = p.aggregate(step, {pid: committed[pid][0][j] for pid in members}, commitments)
+        x, reports[p.me], acc = p.aggregate(step, {pid: committed[pid][0][j] for pid in members}, commitments)
         aggregates[p.me], reveals[p.me] = x, p.reveal(step)
+        accusations += acc
     for p in peers:
-        p.check_aggregates(step, aggregates, reports)
-        p.open_seed(step, reveals, commitments)
-    return {"parts": {pid: c[0] for pid, c in committed.items()}, "commitments": commitments}
+        accusations += p.check_aggregates(step, aggregates, reports)
+        accusations += p.open_seed(step, reveals, commitments)
+    return {"parts": {pid: c[0] for pid, c in committed.items()}, "commitments": commitments,
+            "cases": {(m.payload["accused_peer"], m.payload["case"]) for m in map(Message.from_dict, accusations)}}
 
 
 def test_a_validator_fetches_the_sent_parts_only_when_the_recomputation_differs_from_the_commitment():
@@ -303,8 +305,8 @@ def test_a_validator_checks_a_probationers_sent_parts_against_its_commitment():
     parts, commitment, _ = newcomer.commit(0, [p.me for p in members], initial_seed("pp", 0))
     commitments = {**said["commitments"], 6: commitment}
     validator = peers[0]
-    member_case = validator.validate(0, {2: said["parts"][2]}, commitments)
-    assert member_case == []  # (its aggregators accused it: see test_attack_library's equivocate)
+    assert said["cases"] == {(2, "bad_commitment")}  # by the aggregators of the parts it changed
+    assert validator.validate(0, {2: said["parts"][2]}, commitments) == []
     accusations = validator.validate(0, {6: parts}, commitments)
     assert [(m.payload["accused_peer"], m.payload["case"]) for m in map(Message.from_dict, accusations)] == [
         (6, "bad_commitment")]
