@@ -78,7 +78,8 @@ class Peer:
         self.protocol = PeerProtocol(cfg, peer_id, self.identity, self.replica, attack)
         self._sent: tuple[int, list[torch.Tensor]] | None = None
         self._applied: int | None = None  # the step applied in audit_apply (rollback target)
-        self._validation: tuple[int, list] | None = None  # (step, accusations) of validate
+        # (step, accusations, or the error that stopped it) of the latest validate
+        self._validation: tuple[int, list | Exception] | None = None
         # Messages the driver relayed earlier in the step in progress, so it sends each once.
         self._relayed: dict[str, Any] = {}
         # Everything made so far lives as long as the actor: keep the collector off it.
@@ -175,20 +176,26 @@ class Peer:
         derives the same targets); they are fetched only when needed
         (:meth:`PeerProtocol.validate`).
         """
-        self._validation = None
-        commitments = self._relayed_for(step, "commitments")
-        targets = self.protocol.validation_targets(step, self._relayed_for(step, "reports"), probation)
-        missing = set(targets) - set(part_refs)
-        if missing:
-            raise RuntimeError(f"peer {self.peer_id}: no parts handed over for validation targets {sorted(missing)}")
-        lazy = {t: (lambda refs=part_refs[t]: ray.get(refs)) for t in targets}
-        accusations = self.protocol.validate(step, lazy, commitments)
-        self._validation = (step, accusations)
+        try:
+            commitments = self._relayed_for(step, "commitments")
+            targets = self.protocol.validation_targets(step, self._relayed_for(step, "reports"), probation)
+            missing = set(targets) - set(part_refs)
+            if missing:
+                raise RuntimeError(f"no parts handed over for validation targets {sorted(missing)}")
+            lazy = {t: (lambda refs=part_refs[t]: ray.get(refs)) for t in targets}
+            self._validation = (step, self.protocol.validate(step, lazy, commitments))
+        except Exception as exc:
+            # Nobody waits for this call's result: the audit that reports it names the error.
+            self._validation = (step, exc)
+            raise
 
     def _validation_of(self, step: int) -> list:
         if self._validation is None or self._validation[0] != step:
             raise RuntimeError(f"peer {self.peer_id}: asked to report a validation of step {step} it did not run")
-        return self._validation[1]
+        found = self._validation[1]
+        if isinstance(found, Exception):
+            raise RuntimeError(f"peer {self.peer_id}: its validation of step {step} failed: {found!r}") from found
+        return found
 
     def audit_apply(self, step: int, inner: dict, apply: bool, check_weights: bool,
                     next_commit: tuple[list[int], bytes] | None = None, validated: bool = False) -> dict | tuple:

@@ -118,3 +118,23 @@ def test_accuracy_gap_within_one_point(clean_runs):
     """Each attacked run (run above) against the clean run of its seed: at most 1 point lower."""
     assert len(GAPS) == 2 * len(EXPECTED_REASON), "run the whole module"
     assert max(GAPS.values()) <= 0.01, GAPS
+
+
+def test_a_validation_that_failed_is_named_by_the_audit_that_reports_it(ray_session):
+    """Nobody waits for ``Peer.validate``'s own result: when it fails, the validator's audit
+    (which must report it) fails with its error instead of applying without it."""
+    import ray
+
+    from btard_ray.peer import Peer
+
+    cfg = load_config(QUICKSTART, [])
+    cfg.name = "validate-error"
+    peer = Peer.options(num_cpus=0).remote(cfg.model_dump(mode="json"), 0)
+    validation = peer.validate.remote(3, {})  # no step 3 in progress: nothing was relayed
+    with pytest.raises(ray.exceptions.RayTaskError, match="validation of step 3 failed.*no relayed commitments"):
+        ray.get(peer.audit_apply.remote(3, {}, True, False, None, True))
+    with pytest.raises(ray.exceptions.RayTaskError, match="no relayed commitments for step 3"):
+        ray.get(validation)
+    with pytest.raises(ray.exceptions.RayTaskError, match="validation of step 4 it did not run"):
+        ray.get(peer.audit_apply.remote(4, {}, True, False, None, True))
+    ray.kill(peer)
